@@ -1,0 +1,88 @@
+"""The one configuration object of a training run.
+
+`TrainConfig` holds every setting, with its default written once here; `main.py`
+builds it from the command line and every other module receives it explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+# The U-Net halves the image once per level; its depth is capped at the 8 levels of
+# the reference pix2pix `unet_256`, and at least 4 levels keep it a U-Net.
+MIN_UNET_LEVELS = 4
+MAX_UNET_LEVELS = 8
+# The 70x70 PatchGAN needs at least 32 px per side to leave a patch map of >= 1 px.
+MIN_IMAGE_SIDE = 32
+SIZE_MULTIPLE = 2**MIN_UNET_LEVELS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one training run; defaults follow the original design."""
+
+    data_dir_t1: Path = Path("dataset/Tr1")
+    data_dir_t2: Path = Path("dataset/Tr2")
+    img_height: int = 256
+    img_width: int = 256
+    batch_size: int = 16
+    buffer_size: int = 1000
+    epochs: int = 125
+    output_dir: Path = Path("output")
+    cache_dir: Path | None = None
+    seed: int = 0
+    lr: float = 2e-4
+    beta_1: float = 0.5
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    gan_loss: str = "lsgan"
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 3
+    n4: bool = True
+    num_samples: int = 3
+    verbose: int = 1
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.img_height, self.img_width)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """The preprocessing cache: `--cache_dir`, or `<output_dir>/cache`."""
+        return self.cache_dir if self.cache_dir is not None else self.output_dir / "cache"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
+def default_of(name: str):
+    """The default value of the `TrainConfig` field `name`."""
+    return {field.name: field.default for field in dataclasses.fields(TrainConfig)}[name]
+
+
+def image_size_problem(height: int, width: int) -> str | None:
+    """Why the networks cannot take a `height` x `width` image, or None if they can."""
+    for name, side in (("height", height), ("width", width)):
+        if side < MIN_IMAGE_SIDE:
+            return f"image {name} {side} is below the minimum of {MIN_IMAGE_SIDE}"
+        if side % SIZE_MULTIPLE:
+            return f"image {name} {side} is not a multiple of {SIZE_MULTIPLE}"
+    return None
+
+
+def unet_levels(height: int, width: int) -> int:
+    """How many times the U-Net halves a `height` x `width` image (8 at 256, 7 at 128).
+
+    The depth is the largest number of halvings that both sides allow, capped at 8.
+    """
+    levels = 0
+    while (
+        levels < MAX_UNET_LEVELS
+        and height % 2 ** (levels + 1) == 0
+        and width % 2 ** (levels + 1) == 0
+    ):
+        levels += 1
+    return levels

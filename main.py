@@ -1,0 +1,147 @@
+"""Train a CycleGAN that translates brain MRI between T1- and T2-weighted contrast.
+
+    python main.py --data_dir_t1 dataset/Tr1 --data_dir_t2 dataset/Tr2 --epochs 50
+
+Rerunning the same command resumes from the latest checkpoint; `--epochs` is the total.
+This module only turns the command line into a `TrainConfig` and calls the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from config import TrainConfig, default_of, image_size_problem
+
+# Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a CycleGAN (two U-Net generators, two PatchGAN discriminators) "
+        "that translates brain MRI T1-weighted <-> T2-weighted from unpaired images. "
+        "Rerun the same command to resume from the latest checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def add(flag: str, help: str, **kwargs) -> None:
+        parser.add_argument(f"--{flag}", default=default_of(flag), help=help, **kwargs)
+
+    data = "searched recursively for .png .jpg .jpeg .tif .tiff .bmp (16-bit kept)"
+    add("data_dir_t1", f"folder of T1-weighted images, {data}", type=Path)
+    add("data_dir_t2", f"folder of T2-weighted images, {data}", type=Path)
+    add(
+        "img_height",
+        "training image height in px: a multiple of 16, at least 32",
+        type=positive_int,
+    )
+    add("img_width", "training image width in px: a multiple of 16, at least 32", type=positive_int)
+    add("batch_size", "images of each contrast per training step", type=positive_int)
+    add("buffer_size", "shuffle buffer size, in images", type=positive_int)
+    add(
+        "epochs",
+        "total epochs; an epoch is one pass over the larger contrast folder",
+        type=positive_int,
+    )
+    add("output_dir", "where checkpoints, figures and history.csv go", type=Path)
+    add(
+        "cache_dir",
+        "preprocessed-image cache (default: <output_dir>/cache); share it between runs",
+        type=Path,
+    )
+    add("seed", "random seed for weights, shuffling and dropout", type=int)
+    add("lr", "Adam learning rate of all four networks", type=positive_float)
+    add("beta_1", "Adam beta_1", type=non_negative_float)
+    add("lambda_cycle", "weight of the cycle-consistency L1 loss", type=non_negative_float)
+    add(
+        "lambda_identity",
+        "weight of the identity L1 loss, as a fraction of lambda_cycle",
+        type=non_negative_float,
+    )
+    add(
+        "gan_loss",
+        "adversarial loss: lsgan (least squares, as in the CycleGAN paper) or bce",
+        choices=("lsgan", "bce"),
+    )
+    add(
+        "checkpoint_every",
+        "save a checkpoint every N epochs (and after the last)",
+        type=positive_int,
+    )
+    add("keep_checkpoints", "how many recent checkpoints to keep", type=positive_int)
+    add("num_samples", "sample images per contrast in the per-epoch figures", type=positive_int)
+    parser.add_argument(
+        "--no_n4",
+        dest="n4",
+        action="store_false",
+        help="skip N4 bias-field correction (for images that are already corrected)",
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="verbose",
+        action="store_const",
+        const=2,
+        default=1,
+        help="one line per epoch instead of a progress bar",
+    )
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command line; invalid values exit with code 2 before any work."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = image_size_problem(args.img_height, args.img_width)
+    if problem:
+        parser.error(problem)
+    return TrainConfig(**vars(args))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if config.output_dir.exists() and not config.output_dir.is_dir():
+        fail(f"output dir {config.output_dir} is not a directory")
+
+    # Imported here so that --help and argument errors answer without loading TensorFlow.
+    from data_processing import DataError
+    from training import train
+
+    try:
+        train(config)
+    except DataError as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Figures: the per-epoch translation grid, the loss curves and the training GIF."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # draw to files; training machines rarely have a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Call write(temporary_path), then rename it onto `path`: no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def plot_translations(
+    t1: np.ndarray,
+    t1_to_t2: np.ndarray,
+    t2: np.ndarray,
+    t2_to_t1: np.ndarray,
+    path: Path,
+    title: str = "",
+) -> None:
+    """Save a grid, one row per sample: T1, T1->T2, T2, T2->T1.
+
+    Each argument is (samples, H, W, 1) or (samples, H, W) in [-1, 1].
+    """
+    columns = (("T1", t1), ("T1 → T2", t1_to_t2), ("T2", t2), ("T2 → T1", t2_to_t1))
+    rows = min(len(images) for _, images in columns)
+    figure, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows + 0.4), squeeze=False)
+    for column, (label, images) in enumerate(columns):
+        for row in range(rows):
+            axis = axes[row, column]
+            axis.imshow(np.squeeze(images[row]), cmap="gray", vmin=-1.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(label)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    _replace_atomically(path, lambda target: figure.savefig(target, dpi=80, format="png"))
+    plt.close(figure)
+
+
+def read_history(csv_path: Path) -> dict[str, list[float]]:
+    """The columns of a history CSV as lists of floats, keyed by header name."""
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        return {}
+    return {name: [float(row[name]) for row in rows] for name in rows[0]}
+
+
+def plot_loss_curves(csv_path: Path, path: Path) -> None:
+    """Plot every loss column of the history CSV against the epoch."""
+    history = read_history(csv_path)
+    if not history:
+        return
+    epochs = history["epoch"]
+    figure, (generator_axis, critic_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, values in history.items():
+        if name.endswith("critic_loss"):
+            critic_axis.plot(epochs, values, marker=".", label=name)
+        elif name.endswith(("_loss", "_adversarial")):
+            generator_axis.plot(epochs, values, marker=".", label=name)
+    for axis, title in ((generator_axis, "Generators"), (critic_axis, "Discriminators")):
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("mean loss")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    _replace_atomically(path, lambda target: figure.savefig(target, dpi=90, format="png"))
+    plt.close(figure)
+
+
+def make_gif(frame_paths: list[Path], path: Path, seconds_per_frame: float = 0.5) -> None:
+    """Animate the epoch figures, in the given order, into one looping GIF."""
+    if not frame_paths:
+        return
+    frames = []
+    for frame_path in frame_paths:
+        with Image.open(frame_path) as frame:
+            frames.append(frame.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE))
+    _replace_atomically(
+        path,
+        lambda target: frames[0].save(
+            target,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=int(seconds_per_frame * 1000),
+            loop=0,
+        ),
+    )

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny synthetic T1/T2 image folders made by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def head_slice(size: int, radius: float, brightness: float, rng: np.random.Generator) -> np.ndarray:
+    """A bright disk ('head') with a darker core and noise, in [0, 255]: a toy MRI slice."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    distance = np.hypot(yy, xx)
+    image = np.where(distance < radius, brightness, 0.0)
+    image = np.where(distance < radius / 2, brightness * 0.5, image)
+    image += rng.normal(0, 4, (size, size)) * (distance < radius)
+    return np.clip(image, 0, 255)
+
+
+def write_png_folder(folder: Path, count: int, size: int, brightness: float, seed: int) -> list[Path]:
+    """`count` 8-bit grayscale PNG slices of `size` px under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        image = head_slice(size, size * (0.3 + 0.02 * index), brightness, rng)
+        path = folder / f"slice_{index:02d}.png"
+        Image.fromarray(image.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """Two folders, T1 (nested layout) and T2 (flat layout), of 4 PNGs of 40 px each."""
+    t1 = tmp_path / "Tr1"
+    t2 = tmp_path / "Tr2"
+    write_png_folder(t1 / "TrainT1", 4, 40, 200, seed=1)
+    write_png_folder(t2, 4, 40, 120, seed=2)
+    return t1, t2
