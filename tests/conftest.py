@@ -24,7 +24,9 @@ def head_slice(size: int, radius: float, brightness: float, rng: np.random.Gener
     return np.clip(image, 0, 255)
 
 
-def write_png_folder(folder: Path, count: int, size: int, brightness: float, seed: int) -> list[Path]:
+def write_png_folder(
+    folder: Path, count: int, size: int, brightness: float, seed: int
+) -> list[Path]:
     """`count` 8-bit grayscale PNG slices of `size` px under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

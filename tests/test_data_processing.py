@@ -186,7 +186,9 @@ def test_cache_key_changes_with_content_and_with_preprocessing_settings(tmp_path
     keys = {cache.key_of(b"a"), cache.key_of(b"b"), other_size.key_of(b"a"), no_n4.key_of(b"a")}
 
     assert len(keys) == 4
-    assert cache.key_of(b"a") == dp.PreprocessCache(tmp_path / "x", config_for(tmp_path)).key_of(b"a")
+    assert cache.key_of(b"a") == dp.PreprocessCache(tmp_path / "x", config_for(tmp_path)).key_of(
+        b"a"
+    )
 
 
 def test_cache_preprocesses_once_and_serves_the_same_array(tmp_path):

@@ -37,8 +37,16 @@ def test_defaults_follow_the_design():
 def test_help_explains_every_flag():
     result = run_main("--help")
     assert result.returncode == 0
-    for flag in ("--data_dir_t1", "--img_height", "--buffer_size", "--lambda_identity",
-                 "--gan_loss", "--checkpoint_every", "--keep_checkpoints", "--cache_dir"):
+    for flag in (
+        "--data_dir_t1",
+        "--img_height",
+        "--buffer_size",
+        "--lambda_identity",
+        "--gan_loss",
+        "--checkpoint_every",
+        "--keep_checkpoints",
+        "--cache_dir",
+    ):
         assert flag in result.stdout
 
 
@@ -61,7 +69,9 @@ def test_invalid_values_are_refused_before_any_work(args, message):
 
 
 def test_a_missing_data_dir_is_a_one_line_error(tmp_path):
-    result = run_main("--data_dir_t1", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o"))
+    result = run_main(
+        "--data_dir_t1", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: data dir {tmp_path / 'nowhere'} does not exist"
@@ -72,8 +82,9 @@ def test_a_missing_data_dir_is_a_one_line_error(tmp_path):
 def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, tiny_dataset):
     t1, t2 = tiny_dataset
     (tmp_path / "out").write_text("a file")
-    result = run_main("--data_dir_t1", str(t1), "--data_dir_t2", str(t2),
-                      "--output_dir", str(tmp_path / "out"))
+    result = run_main(
+        "--data_dir_t1", str(t1), "--data_dir_t2", str(t2), "--output_dir", str(tmp_path / "out")
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: output dir {tmp_path / 'out'} is not a directory"
 
@@ -88,8 +99,21 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
     # A bad file among good ones: skipped with a warning naming it, training goes on.
     (t2 / "broken.png").write_text("not a png")
     output = tmp_path / "run"
-    common = ["--data_dir_t1", str(t1), "--data_dir_t2", str(t2), "--output_dir", str(output),
-              "--img_height", "32", "--img_width", "32", "--batch_size", "2", "--quiet"]
+    common = [
+        "--data_dir_t1",
+        str(t1),
+        "--data_dir_t2",
+        str(t2),
+        "--output_dir",
+        str(output),
+        "--img_height",
+        "32",
+        "--img_width",
+        "32",
+        "--batch_size",
+        "2",
+        "--quiet",
+    ]
 
     first = run_main(*common, "--epochs", "2")
 
@@ -98,10 +122,15 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
     assert f"skipped {t2 / 'broken.png'}: not an image" in log
     assert "T2: 4 images used, 1 skipped (1 not an image)" in log
     assert "8 images preprocessed" in log
-    assert sorted(p.name for p in (output / "epochs").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    assert sorted(p.name for p in (output / "epochs").iterdir()) == [
+        "epoch_001.png",
+        "epoch_002.png",
+    ]
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
-    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(history_rows(output)[0])
+    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(
+        history_rows(output)[0]
+    )
     cache_files = {p: p.stat().st_mtime_ns for p in (output / "cache").glob("*.npy")}
     assert len(cache_files) == 8
     with Image.open(output / "training.gif") as gif:

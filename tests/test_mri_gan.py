@@ -12,7 +12,8 @@ from training import build_model
 
 
 @pytest.mark.parametrize(
-    "height, width, levels", [(256, 256, 8), (128, 128, 7), (64, 64, 6), (512, 512, 8), (256, 96, 5)]
+    "height, width, levels",
+    [(256, 256, 8), (128, 128, 7), (64, 64, 6), (512, 512, 8), (256, 96, 5)],
 )
 def test_unet_depth_follows_the_image_size(height, width, levels):
     assert unet_levels(height, width) == levels
@@ -73,9 +74,12 @@ def test_one_train_step_changes_every_network_and_stays_finite(gan_loss):
     for network in networks:
         after = network.trainable_variables
         assert all(np.isfinite(v.numpy()).all() for v in after)
-        changed = [not np.array_equal(a.numpy(), b) for a, b in zip(after, before[network.name])]
+        changed = [
+            not np.array_equal(a.numpy(), b)
+            for a, b in zip(after, before[network.name], strict=True)
+        ]
         # Every kernel of every network moves (biases of a layer before a norm may not).
-        kernels = [c for c, v in zip(changed, after) if "kernel" in v.path]
+        kernels = [c for c, v in zip(changed, after, strict=True) if "kernel" in v.path]
         assert kernels and all(kernels), network.name
 
 
