@@ -7,6 +7,8 @@ builds it from the command line and every other module receives it explicitly.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,31 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
+
+
+CONFIG_FILE_NAME = "config.json"
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    """Write `config` as JSON (paths as strings), through a temporary file and a rename."""
+    values = {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in dataclasses.asdict(config).items()
+    }
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(values, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a config written by `save_config`; unknown keys are ignored, missing ones default."""
+    values = json.loads(path.read_text())
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    known = {name: value for name, value in values.items() if name in fields}
+    for name, value in known.items():
+        if value is not None and name in ("data_dir_t1", "data_dir_t2", "output_dir", "cache_dir"):
+            known[name] = Path(value)
+    return TrainConfig(**known)
 
 
 def default_of(name: str):

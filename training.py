@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import plotting
-from config import TrainConfig
+from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import DataError, TrainingData, make_training_data, sample_images
 from mri_gan import CycleGan
 
@@ -218,6 +218,7 @@ def train(config: TrainConfig) -> TrainResult:
             start_epoch + 1,
         )
 
+    save_config(config, config.output_dir / CONFIG_FILE_NAME)
     # A different shuffle order per resumed run, still reproducible from the seed.
     data: TrainingData = make_training_data(config, shuffle_seed=config.seed + start_epoch)
     samples_t1 = sample_images(data.t1_scan.entries, data.cache, config.num_samples)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from config import load_config
 from main import parse_config
 from tests.conftest import REPO
 
@@ -127,6 +128,7 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
         "epoch_002.png",
     ]
     assert (output / "checkpoints" / "checkpoint").is_file()
+    assert load_config(output / "config.json").image_shape == (32, 32)
     assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
     assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(
         history_rows(output)[0]

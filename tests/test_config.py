@@ -1,0 +1,23 @@
+"""The config object and its JSON form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from config import TrainConfig, load_config, save_config
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = TrainConfig(img_height=64, img_width=96, output_dir=tmp_path / "o", n4=False)
+    save_config(config, tmp_path / "config.json")
+
+    assert load_config(tmp_path / "config.json") == config
+    assert json.loads((tmp_path / "config.json").read_text())["output_dir"] == str(tmp_path / "o")
+
+
+def test_load_config_ignores_unknown_keys_and_defaults_missing_ones(tmp_path):
+    (tmp_path / "config.json").write_text('{"img_height": 128, "from_the_future": 1}')
+    config = load_config(tmp_path / "config.json")
+    assert config.img_height == 128 and config.img_width == 256
+    assert config.data_dir_t1 == Path("dataset/Tr1")
