@@ -1,0 +1,119 @@
+"""Time one real CycleGAN training step and compare it with this machine's matmul speed.
+
+    python -m benchmarks.train_step --generator unet --size 256 --batch 1 [--json]
+
+In one process: the best fp32 throughput of a 2048x2048 matmul; the models built as
+training builds them; the median and spread of the compiled train step (warm-up
+excluded); the step's convolution FLOPs counted from the layer shapes
+(`benchmarks.flops`); and the peak resident memory. The last line printed is the
+summary (one JSON object with --json). Runs on a GPU unchanged when TensorFlow sees one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a size x size matmul on TensorFlow's default device."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    multiply = tf.function(lambda: tf.matmul(a, b))
+    multiply().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        multiply().numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def time_train_step(config, steps: int, warmup: int) -> tuple[list[float], object]:
+    """Seconds of each of `steps` train steps after `warmup` untimed ones, and the model."""
+    import tensorflow as tf
+
+    from training import build_model
+
+    model = build_model(config)
+    # Compiled as `fit` compiles it: one tf.function, with XLA only if the model asks.
+    step = tf.function(model.train_step, jit_compile=bool(model.jit_compile))
+    shape = (config.batch_size, config.img_height, config.img_width, 1)
+    t1 = tf.random.uniform(shape, -1.0, 1.0, seed=1)
+    t2 = tf.random.uniform(shape, -1.0, 1.0, seed=2)
+    for _ in range(warmup):
+        float(step((t1, t2))["generator_loss"])
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        float(step((t1, t2))["generator_loss"])
+        seconds.append(time.perf_counter() - started)
+    return seconds, model
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", choices=("unet",), default="unet")
+    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tensorflow as tf
+
+    from benchmarks.flops import cyclegan_step_flops
+    from config import TrainConfig
+
+    matmul = matmul_gflops()
+    config = TrainConfig(img_height=args.size, img_width=args.size, batch_size=args.batch)
+    seconds, model = time_train_step(config, args.steps, args.warmup)
+    median = statistics.median(seconds)
+    gflop = cyclegan_step_flops(model.t1_to_t2, model.t1_critic, args.batch) / 1e9
+    result = {
+        "generator": args.generator,
+        "size": args.size,
+        "batch": args.batch,
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "steps": args.steps,
+        "median_s_per_step": round(median, 4),
+        "min_s_per_step": round(min(seconds), 4),
+        "max_s_per_step": round(max(seconds), 4),
+        "images_per_s": round(args.batch / median, 3),
+        "gflop_per_step": round(gflop, 1),
+        "gflop_per_s": round(gflop / median, 1),
+        "matmul_gflop_per_s": round(matmul, 1),
+        "fraction_of_matmul": round(gflop / median / matmul, 3),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    print(
+        f"train_step {args.generator} {args.size}x{args.size} batch {args.batch} "
+        f"on {result['device']}: {median:.3f} s/step (min {min(seconds):.3f}, "
+        f"max {max(seconds):.3f}), {result['images_per_s']} images/s, "
+        f"{result['gflop_per_step']} GFLOP/step, {result['gflop_per_s']} GFLOP/s = "
+        f"{100 * result['fraction_of_matmul']:.0f} % of matmul "
+        f"({result['matmul_gflop_per_s']} GFLOP/s), peak RSS {result['peak_rss_mb']} MB"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

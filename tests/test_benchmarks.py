@@ -1,0 +1,75 @@
+"""The benchmark scripts run on a tiny size and end with their JSON summary.
+
+Speed targets are checked by running the benchmarks, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mri_gan
+from benchmarks.flops import cyclegan_step_flops, forward_conv_flops
+from tests.conftest import REPO
+
+
+def run_module(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_flop_count_of_the_256_unet_and_patchgan():
+    generator = mri_gan.unet_generator(256, 256, "g")
+    critic = mri_gan.patchgan_discriminator(256, 256, "d")
+    # The reference unet_256 forward pass is about 11.9 GFLOP.
+    assert round(forward_conv_flops(generator) / 1e9, 1) == 11.9
+    # First critic conv by hand: 2 * 4*4 * 1 * 64 * 128*128.
+    assert forward_conv_flops(critic) > 2 * 16 * 64 * 128 * 128
+    step = cyclegan_step_flops(generator, critic, batch=2)
+    assert step == 2 * 3 * (6 * forward_conv_flops(generator) + 6 * forward_conv_flops(critic))
+    # Within 5 % of the 313.5 GFLOP that the reference implementation counts at batch 1.
+    assert abs(step / 2 / 1e9 - 313.5) / 313.5 < 0.05
+
+
+def test_train_step_benchmark_prints_its_summary():
+    summary = run_module(
+        "benchmarks.train_step", "--size", "32", "--batch", "1", "--steps", "2", "--warmup", "1"
+    )
+    for key in (
+        "median_s_per_step",
+        "images_per_s",
+        "gflop_per_step",
+        "gflop_per_s",
+        "matmul_gflop_per_s",
+        "fraction_of_matmul",
+    ):
+        assert summary[key] > 0, key
+    assert summary["size"] == 32 and summary["steps"] == 2
+
+
+def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
+    t1, t2 = tiny_dataset
+    summary = run_module(
+        "benchmarks.input_pipeline",
+        "--data_dir_t1",
+        str(t1),
+        "--data_dir_t2",
+        str(t2),
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--epochs",
+        "2",
+    )
+    assert summary["images"] == 8 and summary["images_preprocessed"] == 8
+    assert summary["preprocess_images_per_s"] > 0
+    assert 0 <= summary["later_wait_fraction"] < 1
