@@ -114,6 +114,11 @@ def patchgan_discriminator(height: int, width: int, name: str) -> keras.Model:
     return keras.Model(inputs, logits, name=name)
 
 
+def split_batch(images: tf.Tensor, parts: int) -> list[tf.Tensor]:
+    """Split a batch made by concatenating `parts` equal batches back into them."""
+    return tf.split(images, parts, axis=0)
+
+
 class CycleGan(keras.Model):
     """Both generators and both discriminators, trained together by `fit`.
 
@@ -182,18 +187,24 @@ class CycleGan(keras.Model):
         def average(per_example):
             return tf.nn.compute_average_loss(per_example)
 
-        fake_t2 = self.t1_to_t2(real_t1, training=training)
-        cycled_t1 = self.t2_to_t1(fake_t2, training=training)
-        fake_t1 = self.t2_to_t1(real_t2, training=training)
+        # Instance norm keeps every image independent, so passes through the same network
+        # are batched together: the same maths as separate calls, with larger, faster
+        # convolutions and one weight-gradient computation per network instead of two.
+        fake_t2, same_t2 = split_batch(
+            self.t1_to_t2(tf.concat([real_t1, real_t2], 0), training=training), 2
+        )
+        fake_t1, same_t1, cycled_t1 = split_batch(
+            self.t2_to_t1(tf.concat([real_t2, real_t1, fake_t2], 0), training=training), 3
+        )
         cycled_t2 = self.t1_to_t2(fake_t1, training=training)
-        same_t2 = self.t1_to_t2(real_t2, training=training)
-        same_t1 = self.t2_to_t1(real_t1, training=training)
 
         # The critics see each fake once; the generator and critic losses share the logits.
-        fake_t2_logits = self.t2_critic(fake_t2, training=training)
-        fake_t1_logits = self.t1_critic(fake_t1, training=training)
-        real_t2_logits = self.t2_critic(real_t2, training=training)
-        real_t1_logits = self.t1_critic(real_t1, training=training)
+        real_t2_logits, fake_t2_logits = split_batch(
+            self.t2_critic(tf.concat([real_t2, fake_t2], 0), training=training), 2
+        )
+        real_t1_logits, fake_t1_logits = split_batch(
+            self.t1_critic(tf.concat([real_t1, fake_t1], 0), training=training), 2
+        )
 
         identity_weight = self.lambda_cycle * self.lambda_identity
         losses = {

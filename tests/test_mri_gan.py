@@ -94,3 +94,49 @@ def test_generator_loss_is_the_sum_of_its_terms():
     assert losses["generator_loss"] == pytest.approx(sum(losses[t] for t in terms), rel=1e-5)
     # Identity weight is lambda_identity * lambda_cycle = 5, cycle weight 10.
     assert losses["identity_loss"] > 0 and losses["cycle_loss"] > 0
+
+
+def test_batched_passes_give_the_losses_of_separate_passes():
+    import loss
+
+    model = build_model(TrainConfig(img_height=32, img_width=32))
+    real_t1 = tf.random.uniform((2, 32, 32, 1), -1, 1, seed=5)
+    real_t2 = tf.random.uniform((2, 32, 32, 1), -1, 1, seed=6)
+    g, f = model.t1_to_t2, model.t2_to_t1
+    fake_t2, fake_t1 = g(real_t1), f(real_t2)
+    cycled_t1, cycled_t2 = f(fake_t2), g(fake_t1)
+    same_t2, same_t1 = g(real_t2), f(real_t1)
+    lsgan = loss.lsgan_loss
+    separate = {
+        "t1_to_t2_adversarial": lsgan(model.t2_critic(fake_t2), True),
+        "cycle_loss": loss.cycle_loss(real_t1, cycled_t1, 10)
+        + loss.cycle_loss(real_t2, cycled_t2, 10),
+        "identity_loss": loss.identity_loss(real_t1, same_t1, 5)
+        + loss.identity_loss(real_t2, same_t2, 5),
+        "t1_critic_loss": loss.critic_loss(
+            lsgan, model.t1_critic(real_t1), model.t1_critic(fake_t1)
+        ),
+    }
+
+    batched = model.losses_of(real_t1, real_t2, training=False)
+
+    for name, per_example in separate.items():
+        assert float(batched[name]) == pytest.approx(float(tf.reduce_mean(per_example)), rel=1e-4)
+
+
+def test_fused_adam_matches_keras_adam():
+    import keras
+
+    from training import FusedAdam
+
+    variables = [
+        keras.Variable(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)) for _ in "ab"
+    ]
+    optimizers = [keras.optimizers.Adam(0.01, beta_1=0.5), FusedAdam(0.01, beta_1=0.5)]
+    for step in range(4):
+        gradient = tf.constant(np.sin(np.arange(12) + step).reshape(3, 4), tf.float32)
+        for variable, optimizer in zip(variables, optimizers, strict=True):
+            optimizer.apply_gradients([(gradient, variable)])
+
+    np.testing.assert_allclose(variables[1].numpy(), variables[0].numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(variables[0].numpy(), np.linspace(-1, 1, 12).reshape(3, 4))
