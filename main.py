@@ -122,9 +122,16 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**vars(args))
 
 
-def fail(message: str) -> None:
+# Exit codes: 2 for input the run cannot use, 1 for a failed read or write (a full disk),
+# 128 + the signal number when SIGINT (130) or SIGTERM (143) stopped the run.
+EXIT_BAD_INPUT = 2
+EXIT_WRITE_FAILED = 1
+EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,9 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     from training import train
 
     try:
-        train(config)
+        result = train(config)
     except DataError as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing saved since the last checkpoint", EXIT_ON_SIGNAL["SIGINT"])
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        fail(f"{error.strerror or error}{where}", EXIT_WRITE_FAILED)
+    if result.stopped_by:
+        sys.exit(EXIT_ON_SIGNAL[result.stopped_by])
 
 
 if __name__ == "__main__":

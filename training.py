@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run did: the epoch it started from and the epoch it reached."""
+    """What a run did: the epoch it started from, the epoch it reached, what stopped it."""
 
     start_epoch: int
     end_epoch: int
+    stopped_by: str | None = None
 
 
 def configure_devices() -> None:
@@ -85,33 +89,145 @@ def make_checkpoint(model: CycleGan, epoch: tf.Variable) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(epoch=epoch, **networks, **optimizers)
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> int:
-    """Restore the newest checkpoint, if any; return the number of epochs it had done."""
-    latest = manager.latest_checkpoint
-    if latest is None:
-        return 0
-    try:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class RunCheckpoints:
+    """The checkpoints of a run under `directory`: restore the newest usable one, save more.
+
+    A checkpoint that cannot be read (truncated, corrupt) is reported and the previous
+    one is tried; none is deleted for it. New checkpoints are numbered after every
+    existing one, so a save never overwrites a checkpoint, readable or not. TensorFlow
+    updates the `checkpoint` index file only after a checkpoint is fully written, so a
+    run killed while saving resumes from the previous complete one.
+    """
+
+    def __init__(self, model: CycleGan, directory: Path, keep: int) -> None:
+        self.directory = directory
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.checkpoint = make_checkpoint(model, self.epoch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=keep)
+
+    def restore(self) -> tuple[int, str | None]:
+        """Restore the newest readable checkpoint: (epochs it had done, its path), or (0, None).
+
+        Raises DataError if a checkpoint does not fit the model (a changed image size)
+        or if checkpoints exist and none can be read.
+        """
+        candidates = list(reversed(self.manager.checkpoints))
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (ValueError, AssertionError) as error:
+                raise DataError(
+                    f"checkpoint {path} does not fit this configuration "
+                    f"(image size or options changed?): {_first_line(error)}"
+                ) from error
+            except (tf.errors.OpError, IndexError) as error:
+                log.warning(
+                    "warning: checkpoint %s cannot be read (%s); trying the one before it",
+                    path,
+                    _first_line(error),
+                )
+                continue
+            return int(self.epoch.numpy()), path
+        if candidates:
+            raise DataError(
+                f"no readable checkpoint in {self.directory}; they are kept as they are"
+            )
+        return 0, None
+
+    def save(self, epochs_done: int) -> str:
+        """Save the networks, optimizers and `epochs_done` as a new checkpoint."""
+        self.epoch.assign(epochs_done)
+        numbers = [int(path.stem.rsplit("-", 1)[1]) for path in self.directory.glob("ckpt-*.index")]
+        return self.manager.save(checkpoint_number=max(numbers, default=0) + 1)
+
+
+@dataclass
+class Interruption:
+    """Set when SIGINT or SIGTERM asks the run to stop: which signal, and where."""
+
+    signal_name: str | None = None
+    epoch: int = 0
+    step: int = 0
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turn SIGINT (Ctrl-C) and SIGTERM into a clean stop after the current step.
+
+    The per-epoch callbacks skip the epoch that was cut short; `train` then saves a
+    checkpoint. A second Ctrl-C stops at once, without saving.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, interruption: Interruption) -> None:
+        super().__init__()
+        self.interruption = interruption
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.interruption.signal_name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(
+            f"\n{self.interruption.signal_name} received: stopping after this step "
+            "and saving a checkpoint (Ctrl-C again to quit without saving)",
+            file=sys.stderr,
+            flush=True,
         )
-        raise DataError(
-            f"checkpoint {latest} does not fit this configuration "
-            f"(image size or options changed?): {first_line}"
-        ) from error
-    return int(checkpoint.epoch.numpy())
+
+    def on_train_begin(self, logs=None) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.interruption.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self.interruption.signal_name:
+            self.interruption.step = batch + 1
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
-class HistoryCsv(keras.callbacks.Callback):
+class EpochEndCallback(keras.callbacks.Callback):
+    """A callback whose `epoch_done` runs after each complete epoch, not one cut short."""
+
+    def __init__(self, interruption: Interruption) -> None:
+        super().__init__()
+        self.interruption = interruption
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not self.interruption.signal_name:
+            self.epoch_done(epoch + 1, logs or {})
+
+    def epoch_done(self, epoch: int, logs: dict) -> None:
+        """Called with the 1-based number of the epoch just completed."""
+        raise NotImplementedError
+
+
+class HistoryCsv(EpochEndCallback):
     """One row per epoch in `history.csv`: the epoch, each mean loss and the seconds taken.
 
     The file is rewritten whole through a temporary file at each epoch, so it never
     ends with a half-written row; on resume, rows past the restored epoch are dropped.
     """
 
-    def __init__(self, path: Path, loss_names: tuple[str, ...], restored_epoch: int) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        interruption: Interruption,
+        path: Path,
+        loss_names: tuple[str, ...],
+        restored_epoch: int,
+    ) -> None:
+        super().__init__(interruption)
         self.path = path
         self.columns = ("epoch", *loss_names, "seconds")
         self.rows = [row for row in self._read() if int(row["epoch"]) <= restored_epoch]
@@ -126,9 +242,8 @@ class HistoryCsv(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._started = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = logs or {}
-        row = {"epoch": str(epoch + 1), "seconds": f"{time.perf_counter() - self._started:.2f}"}
+    def epoch_done(self, epoch: int, logs: dict) -> None:
+        row = {"epoch": str(epoch), "seconds": f"{time.perf_counter() - self._started:.2f}"}
         row.update({name: f"{float(logs[name]):.6g}" for name in self.columns if name in logs})
         self.rows.append(row)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
@@ -139,36 +254,40 @@ class HistoryCsv(keras.callbacks.Callback):
         os.replace(temporary, self.path)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
+class EpochCheckpoint(EpochEndCallback):
     """Save a checkpoint every `every` epochs and after the last epoch."""
 
     def __init__(
-        self, manager: tf.train.CheckpointManager, epoch: tf.Variable, every: int, last_epoch: int
+        self, interruption: Interruption, checkpoints: RunCheckpoints, every: int, last_epoch: int
     ) -> None:
-        super().__init__()
-        self.manager = manager
-        self.epoch = epoch
+        super().__init__(interruption)
+        self.checkpoints = checkpoints
         self.every = every
         self.last_epoch = last_epoch
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        done = epoch + 1
-        if done % self.every == 0 or done == self.last_epoch:
-            self.epoch.assign(done)
-            self.manager.save(checkpoint_number=done)
+    def epoch_done(self, epoch: int, logs: dict) -> None:
+        if epoch % self.every == 0 or epoch == self.last_epoch:
+            self.checkpoints.save(epoch)
 
 
-class EpochFigure(keras.callbacks.Callback):
+class EpochFigure(EpochEndCallback):
     """Draw the fixed sample images and their translations after each epoch."""
 
-    def __init__(self, t1: np.ndarray, t2: np.ndarray, epochs_dir: Path, total_epochs: int) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        interruption: Interruption,
+        t1: np.ndarray,
+        t2: np.ndarray,
+        epochs_dir: Path,
+        total_epochs: int,
+    ) -> None:
+        super().__init__(interruption)
         self.t1 = t1
         self.t2 = t2
         self.epochs_dir = epochs_dir
         self.total_epochs = total_epochs
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
+    def epoch_done(self, epoch: int, logs: dict) -> None:
         t1_to_t2 = self.model.t1_to_t2(self.t1, training=False).numpy()
         t2_to_t1 = self.model.t2_to_t1(self.t2, training=False).numpy()
         plotting.plot_translations(
@@ -176,8 +295,8 @@ class EpochFigure(keras.callbacks.Callback):
             t1_to_t2,
             self.t2,
             t2_to_t1,
-            epoch_figure_path(self.epochs_dir, epoch + 1),
-            title=f"Epoch {epoch + 1} of {self.total_epochs}",
+            epoch_figure_path(self.epochs_dir, epoch),
+            title=f"Epoch {epoch} of {self.total_epochs}",
         )
 
 
@@ -220,26 +339,22 @@ def train(config: TrainConfig) -> TrainResult:
     config.output_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(config)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = make_checkpoint(model, epoch)
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(config.checkpoint_dir), max_to_keep=config.keep_checkpoints
-    )
-    start_epoch = restore_latest(checkpoint, manager)
+    checkpoints = RunCheckpoints(model, config.checkpoint_dir, config.keep_checkpoints)
+    start_epoch, restored = checkpoints.restore()
     if start_epoch >= config.epochs:
         log.info(
             "Training already finished: %d of %d epochs done (checkpoint %s). "
             "Raise --epochs to train longer.",
             start_epoch,
             config.epochs,
-            manager.latest_checkpoint,
+            restored,
         )
         write_summary_figures(config, start_epoch)
         return TrainResult(start_epoch, start_epoch)
-    if start_epoch:
+    if restored:
         log.info(
             "Resuming from %s: %d of %d epochs done, continuing at epoch %d.",
-            manager.latest_checkpoint,
+            restored,
             start_epoch,
             config.epochs,
             start_epoch + 1,
@@ -251,10 +366,14 @@ def train(config: TrainConfig) -> TrainResult:
     samples_t1 = sample_images(data.t1_scan.entries, data.cache, config.num_samples)
     samples_t2 = sample_images(data.t2_scan.entries, data.cache, config.num_samples)
 
+    interruption = Interruption()
     callbacks = [
-        HistoryCsv(config.output_dir / "history.csv", model.loss_names, start_epoch),
-        EpochFigure(samples_t1, samples_t2, config.output_dir / "epochs", config.epochs),
-        EpochCheckpoint(manager, epoch, config.checkpoint_every, config.epochs),
+        StopOnSignal(interruption),
+        HistoryCsv(interruption, config.output_dir / "history.csv", model.loss_names, start_epoch),
+        EpochFigure(
+            interruption, samples_t1, samples_t2, config.output_dir / "epochs", config.epochs
+        ),
+        EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs),
     ]
     model.fit(
         data.batches,
@@ -271,6 +390,21 @@ def train(config: TrainConfig) -> TrainResult:
         data.cache.misses,
         data.cache.hits,
     )
+    if interruption.signal_name:
+        # The weights include the steps of the cut-short epoch; the counter does not.
+        saved = checkpoints.save(interruption.epoch)
+        log.info(
+            "Stopped by %s in epoch %d at step %d of %d: checkpoint %s saved with %d epochs "
+            "done. Rerun the same command to resume.",
+            interruption.signal_name,
+            interruption.epoch + 1,
+            interruption.step,
+            data.steps_per_epoch,
+            saved,
+            interruption.epoch,
+        )
+        write_summary_figures(config, interruption.epoch)
+        return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
     write_summary_figures(config, config.epochs)
     log.info(
         "Finished %d of %d epochs; outputs in %s", config.epochs, config.epochs, config.output_dir

@@ -1,0 +1,63 @@
+"""Ctrl-C and SIGTERM during training: a checkpoint is saved and the next run resumes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_main import history_rows, run_main
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, tiny_dataset, sig, code):
+    t1, t2 = tiny_dataset
+    output = tmp_path / "run"
+    common = [
+        "--data_dir_t1",
+        str(t1),
+        "--data_dir_t2",
+        str(t2),
+        "--output_dir",
+        str(output),
+        "--img_height",
+        "32",
+        "--img_width",
+        "32",
+        "--batch_size",
+        "2",
+        "--quiet",
+        "--checkpoint_every",
+        "1000",
+    ]  # so the only checkpoint is the one the signal makes
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "500"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not ((output / "history.csv").is_file() and history_rows(output)):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == code, stderr
+    assert f"{sig.name} received" in stderr and "Traceback" not in stderr
+    done = len(history_rows(output))
+    assert f"Stopped by {sig.name} in epoch {done + 1}" in stdout + stderr
+    assert list((output / "checkpoints").glob("ckpt-*.index"))
+
+    resumed = run_main(*common, "--epochs", str(done + 1))
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} of {done + 1} epochs done, continuing at epoch {done + 1}" in (
+        resumed.stdout + resumed.stderr
+    )
+    assert [row["epoch"] for row in history_rows(output)] == [str(e) for e in range(1, done + 2)]
