@@ -44,6 +44,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     n4: bool = True
     num_samples: int = 3
+    max_nonfinite: int = 10
     verbose: int = 1
 
     @property

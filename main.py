@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -95,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("keep_checkpoints", "how many recent checkpoints to keep", type=positive_int)
     add("num_samples", "sample images per contrast in the per-epoch figures", type=positive_int)
+    add(
+        "max_nonfinite",
+        "stop after more than N steps with a NaN or Inf loss (each such step is skipped)",
+        type=non_negative_int,
+    )
     parser.add_argument(
         "--no_n4",
         dest="n4",
@@ -122,10 +134,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**vars(args))
 
 
-# Exit codes: 2 for input the run cannot use, 1 for a failed read or write (a full disk),
-# 128 + the signal number when SIGINT (130) or SIGTERM (143) stopped the run.
+# Exit codes: 2 for input the run cannot use, 1 for a run that failed (a full disk,
+# diverging losses), 128 + the signal number when SIGINT (130) or SIGTERM (143) stopped it.
 EXIT_BAD_INPUT = 2
-EXIT_WRITE_FAILED = 1
+EXIT_RUN_FAILED = 1
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -142,17 +154,19 @@ def main(argv: list[str] | None = None) -> None:
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
     from data_processing import DataError
-    from training import train
+    from training import TrainingDiverged, train
 
     try:
         result = train(config)
     except DataError as error:
         fail(str(error))
+    except TrainingDiverged as error:
+        fail(str(error), EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         fail("interrupted; nothing saved since the last checkpoint", EXIT_ON_SIGNAL["SIGINT"])
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
-        fail(f"{error.strerror or error}{where}", EXIT_WRITE_FAILED)
+        fail(f"{error.strerror or error}{where}", EXIT_RUN_FAILED)
     if result.stopped_by:
         sys.exit(EXIT_ON_SIGNAL[result.stopped_by])
 

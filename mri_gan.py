@@ -153,6 +153,8 @@ class CycleGan(keras.Model):
             "t2_critic_loss",
         )
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+        # Steps whose loss was NaN or Inf, over the whole run: their updates were skipped.
+        self.skipped_steps = keras.Variable(0, dtype="int64", trainable=False, name="skipped")
 
     @property
     def metrics(self):
@@ -248,9 +250,20 @@ class CycleGan(keras.Model):
             objective = losses[f"{network.name}_loss"]
             updates.append((network, variables, tape.gradient(objective, variables)))
         del tape
-        for network, variables, network_gradients in updates:
-            optimizer = self.network_optimizers[network.name]
-            optimizer.apply_gradients(zip(network_gradients, variables, strict=True))
+
+        def apply_updates():
+            for network, variables, network_gradients in updates:
+                optimizer = self.network_optimizers[network.name]
+                optimizer.apply_gradients(zip(network_gradients, variables, strict=True))
+            return tf.constant(0, tf.int64)
+
+        # A NaN or Inf loss would poison every weight it touched: skip that step's
+        # updates instead, and count it, so the run can stop if it keeps happening.
+        finite = tf.reduce_all([tf.math.is_finite(value) for value in losses.values()])
+        skipped = tf.cond(finite, apply_updates, lambda: tf.constant(1, tf.int64))
+        self.skipped_steps.assign_add(skipped)
+        weight = tf.cast(finite, tf.float32)
         for name, value in losses.items():
-            self.loss_trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+            self.loss_trackers[name].update_state(tf.where(finite, value, 0.0), weight)
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        return {**logs, "skipped_steps": self.skipped_steps.value}

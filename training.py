@@ -29,6 +29,10 @@ from mri_gan import CycleGan
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(Exception):
+    """Too many steps had a non-finite loss; the message says what was kept."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run did: the epoch it started from, the epoch it reached, what stopped it."""
@@ -197,6 +201,37 @@ class StopOnSignal(keras.callbacks.Callback):
         self._previous = {}
 
 
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Report each step whose loss was NaN or Inf (its update was skipped) and stop the
+    run when more than `limit` such steps have happened."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.seen = 0
+        self.epoch = 0
+        self.diverged = False
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        skipped = int((logs or {}).get("skipped_steps", 0))
+        if skipped > self.seen:
+            self.seen = skipped
+            log.warning(
+                "warning: non-finite loss in epoch %d at step %d: update skipped (%d so far, "
+                "limit %d)",
+                self.epoch + 1,
+                batch + 1,
+                skipped,
+                self.limit,
+            )
+        if self.seen > self.limit:
+            self.diverged = True
+            self.model.stop_training = True
+
+
 class EpochEndCallback(keras.callbacks.Callback):
     """A callback whose `epoch_done` runs after each complete epoch, not one cut short."""
 
@@ -205,7 +240,7 @@ class EpochEndCallback(keras.callbacks.Callback):
         self.interruption = interruption
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not self.interruption.signal_name:
+        if not self.interruption.signal_name and not self.model.stop_training:
             self.epoch_done(epoch + 1, logs or {})
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
@@ -367,8 +402,10 @@ def train(config: TrainConfig) -> TrainResult:
     samples_t2 = sample_images(data.t2_scan.entries, data.cache, config.num_samples)
 
     interruption = Interruption()
+    guard = NonFiniteGuard(config.max_nonfinite)
     callbacks = [
         StopOnSignal(interruption),
+        guard,
         HistoryCsv(interruption, config.output_dir / "history.csv", model.loss_names, start_epoch),
         EpochFigure(
             interruption, samples_t1, samples_t2, config.output_dir / "epochs", config.epochs
@@ -390,6 +427,13 @@ def train(config: TrainConfig) -> TrainResult:
         data.cache.misses,
         data.cache.hits,
     )
+    if guard.diverged:
+        raise TrainingDiverged(
+            f"training diverged: {guard.seen} steps had a NaN or Inf loss (limit "
+            f"--max_nonfinite {config.max_nonfinite}); the last good checkpoint "
+            f"{checkpoints.manager.latest_checkpoint or '(none yet)'} is kept. "
+            "Try a lower --lr."
+        )
     if interruption.signal_name:
         # The weights include the steps of the cut-short epoch; the counter does not.
         saved = checkpoints.save(interruption.epoch)

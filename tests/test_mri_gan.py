@@ -69,7 +69,8 @@ def test_one_train_step_changes_every_network_and_stays_finite(gan_loss):
 
     logs = model.train_step((t1, t2))
 
-    assert set(logs) == set(model.loss_names)
+    assert set(logs) == {*model.loss_names, "skipped_steps"}
+    assert int(logs["skipped_steps"]) == 0
     assert all(np.isfinite(float(value)) for value in logs.values())
     for network in networks:
         after = network.trainable_variables
