@@ -40,6 +40,8 @@ class TrainConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     gan_loss: str = "lsgan"
+    generator_filters: int = 64
+    critic_filters: int = 64
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
     n4: bool = True

@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("lsgan", "bce"),
     )
     add(
+        "generator_filters",
+        "U-Net width: filters of its first level, up to 8x deeper (the reference's ngf)",
+        type=positive_int,
+    )
+    add(
+        "critic_filters",
+        "PatchGAN width: filters of its first layer, 8x at its last (the reference's ndf)",
+        type=positive_int,
+    )
+    add(
         "checkpoint_every",
         "save a checkpoint every N epochs (and after the last)",
         type=positive_int,
@@ -154,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
     from data_processing import DataError
-    from training import TrainingDiverged, train
+    from training import RunFailed, train
 
     try:
         result = train(config)
     except DataError as error:
         fail(str(error))
-    except TrainingDiverged as error:
+    except RunFailed as error:
         fail(str(error), EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         fail("interrupted; nothing saved since the last checkpoint", EXIT_ON_SIGNAL["SIGINT"])

@@ -17,8 +17,8 @@ from config import unet_levels
 
 # pix2pix initialises weights from N(0, 0.02).
 WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
-BASE_FILTERS = 64
-MAX_FILTERS = 512
+# The widest layers have 8x the filters of the first, as in pix2pix (64 -> 512).
+MAX_FILTER_MULTIPLE = 8
 
 
 @keras.saving.register_keras_serializable(package="mri_gan")
@@ -61,20 +61,21 @@ def upsample(x, filters: int, norm: bool = True, dropout: bool = False):
     return layers.Dropout(0.5)(x) if dropout else x
 
 
-def unet_generator(height: int, width: int, name: str) -> keras.Model:
+def unet_generator(height: int, width: int, name: str, filters: int = 64) -> keras.Model:
     """The pix2pix U-Net: (batch, height, width, 1) in [-1, 1] -> same shape, tanh.
 
     Depth follows the image size (8 levels at 256, 7 at 128); at 256x256 it is the
     reference `unet_256` (54.4 M parameters). The three innermost up blocks of the
-    512-filter levels use dropout, as in pix2pix.
+    widest levels use dropout, as in pix2pix. `filters` is the first level's width (the
+    reference's `ngf`); fewer make a small, fast model for tests.
     """
     levels = unet_levels(height, width)
-    filters = [min(BASE_FILTERS * 2**level, MAX_FILTERS) for level in range(levels)]
+    widths = [filters * min(2**level, MAX_FILTER_MULTIPLE) for level in range(levels)]
     inputs = keras.Input((height, width, 1), name=f"{name}_input")
 
     skips = []
     x = inputs
-    for level, level_filters in enumerate(filters):
+    for level, level_filters in enumerate(widths):
         outermost, innermost = level == 0, level == levels - 1
         x = downsample(x, level_filters, norm=not (outermost or innermost), activate=not outermost)
         skips.append(x)
@@ -84,7 +85,7 @@ def unet_generator(height: int, width: int, name: str) -> keras.Model:
     dropout_levels = range(4, levels - 1)
     x = skips.pop()
     for level in reversed(range(1, levels)):
-        x = upsample(x, filters[level - 1], dropout=level in dropout_levels)
+        x = upsample(x, widths[level - 1], dropout=level in dropout_levels)
         x = layers.Concatenate()([skips.pop(), x])
     x = layers.ReLU()(x)
     x = layers.Conv2DTranspose(1, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
@@ -92,21 +93,24 @@ def unet_generator(height: int, width: int, name: str) -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
-def patchgan_discriminator(height: int, width: int, name: str) -> keras.Model:
+def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64) -> keras.Model:
     """The 70x70 PatchGAN (C64-C128-C256-C512): one logit per overlapping 70x70 patch.
 
     (batch, height, width, 1) in [-1, 1] -> (batch, height/8 - 2, width/8 - 2, 1) logits.
+    `filters` is the first layer's width (the reference's `ndf`).
     """
     inputs = keras.Input((height, width, 1), name=f"{name}_input")
     x = inputs
-    for index, filters in enumerate((64, 128, 256)):
-        x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+    for index in range(3):
+        x = layers.Conv2D(
+            filters * 2**index, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
+        )(x)
         if index > 0:
             x = InstanceNormalization()(x)
         x = layers.LeakyReLU(0.2)(x)
     # The reference pads 1 pixel and convolves 4x4 at stride 1, losing one pixel per side pair.
     x = layers.ZeroPadding2D(1)(x)
-    x = layers.Conv2D(512, 4, kernel_initializer=WEIGHT_INIT)(x)
+    x = layers.Conv2D(filters * 8, 4, kernel_initializer=WEIGHT_INIT)(x)
     x = InstanceNormalization()(x)
     x = layers.LeakyReLU(0.2)(x)
     x = layers.ZeroPadding2D(1)(x)
@@ -133,13 +137,15 @@ class CycleGan(keras.Model):
         gan_loss: str = "lsgan",
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
+        generator_filters: int = 64,
+        critic_filters: int = 64,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.t1_to_t2 = unet_generator(height, width, "t1_to_t2")
-        self.t2_to_t1 = unet_generator(height, width, "t2_to_t1")
-        self.t1_critic = patchgan_discriminator(height, width, "t1_critic")
-        self.t2_critic = patchgan_discriminator(height, width, "t2_critic")
+        self.t1_to_t2 = unet_generator(height, width, "t1_to_t2", generator_filters)
+        self.t2_to_t1 = unet_generator(height, width, "t2_to_t1", generator_filters)
+        self.t1_critic = patchgan_discriminator(height, width, "t1_critic", critic_filters)
+        self.t2_critic = patchgan_discriminator(height, width, "t2_critic", critic_filters)
         self.adversarial = loss.ADVERSARIAL_LOSSES[gan_loss]
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = lambda_identity

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -29,8 +30,9 @@ from mri_gan import CycleGan
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(Exception):
-    """Too many steps had a non-finite loss; the message says what was kept."""
+class RunFailed(Exception):
+    """The run cannot go on (a checkpoint could not be written, losses diverged); the
+    message says why and what was kept."""
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,25 @@ class RunCheckpoints:
         return 0, None
 
     def save(self, epochs_done: int) -> str:
-        """Save the networks, optimizers and `epochs_done` as a new checkpoint."""
+        """Save the networks, optimizers and `epochs_done` as a new checkpoint.
+
+        Raises RunFailed if it cannot be written (a full disk); earlier ones stay intact.
+        """
         self.epoch.assign(epochs_done)
         numbers = [int(path.stem.rsplit("-", 1)[1]) for path in self.directory.glob("ckpt-*.index")]
-        return self.manager.save(checkpoint_number=max(numbers, default=0) + 1)
+        number = max(numbers, default=0) + 1
+        try:
+            return self.manager.save(checkpoint_number=number)
+        except tf.errors.OpError as error:
+            # Remove only this save's own partial files, never an earlier checkpoint.
+            for partial in self.directory.glob(f"ckpt-{number}_temp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            reason = error.message.rsplit(";", 1)[-1].strip() or _first_line(error)
+            latest = self.manager.latest_checkpoint or "none yet"
+            raise RunFailed(
+                f"could not write checkpoint {self.directory / f'ckpt-{number}'}: {reason}; "
+                f"the previous checkpoint ({latest}) is intact"
+            ) from error
 
 
 @dataclass
@@ -359,6 +376,8 @@ def build_model(config: TrainConfig) -> CycleGan:
         gan_loss=config.gan_loss,
         lambda_cycle=config.lambda_cycle,
         lambda_identity=config.lambda_identity,
+        generator_filters=config.generator_filters,
+        critic_filters=config.critic_filters,
     )
     model.compile(make_optimizers(model, config), jit_compile=False)
     return model
@@ -428,7 +447,7 @@ def train(config: TrainConfig) -> TrainResult:
         data.cache.hits,
     )
     if guard.diverged:
-        raise TrainingDiverged(
+        raise RunFailed(
             f"training diverged: {guard.seen} steps had a NaN or Inf loss (limit "
             f"--max_nonfinite {config.max_nonfinite}); the last good checkpoint "
             f"{checkpoints.manager.latest_checkpoint or '(none yet)'} is kept. "

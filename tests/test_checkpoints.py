@@ -7,11 +7,12 @@ import pytest
 
 from config import TrainConfig
 from data_processing import DataError
+from tests.conftest import SMALL_NETWORKS
 from training import RunCheckpoints, build_model
 
 
 def small_model(size: int = 32):
-    return build_model(TrainConfig(img_height=size, img_width=size))
+    return build_model(TrainConfig(img_height=size, img_width=size, **SMALL_NETWORKS))
 
 
 def first_kernel(model) -> np.ndarray:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_run_args
 from tests.test_main import history_rows, run_main
 
 
@@ -17,23 +17,8 @@ from tests.test_main import history_rows, run_main
 def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, tiny_dataset, sig, code):
     t1, t2 = tiny_dataset
     output = tmp_path / "run"
-    common = [
-        "--data_dir_t1",
-        str(t1),
-        "--data_dir_t2",
-        str(t2),
-        "--output_dir",
-        str(output),
-        "--img_height",
-        "32",
-        "--img_width",
-        "32",
-        "--batch_size",
-        "2",
-        "--quiet",
-        "--checkpoint_every",
-        "1000",
-    ]  # so the only checkpoint is the one the signal makes
+    # With --checkpoint_every 1000 the only checkpoint is the one the signal makes.
+    common = [*tiny_run_args(t1, t2, output), "--checkpoint_every", "1000"]
     process = subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), *common, "--epochs", "500"],
         cwd=REPO,

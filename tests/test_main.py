@@ -12,7 +12,7 @@ from PIL import Image
 
 from config import load_config
 from main import parse_config
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_run_args
 
 
 def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -100,21 +100,7 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
     # A bad file among good ones: skipped with a warning naming it, training goes on.
     (t2 / "broken.png").write_text("not a png")
     output = tmp_path / "run"
-    common = [
-        "--data_dir_t1",
-        str(t1),
-        "--data_dir_t2",
-        str(t2),
-        "--output_dir",
-        str(output),
-        "--img_height",
-        "32",
-        "--img_width",
-        "32",
-        "--batch_size",
-        "2",
-        "--quiet",
-    ]
+    common = tiny_run_args(t1, t2, output)
 
     first = run_main(*common, "--epochs", "2")
 

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from config import TrainConfig
+from tests.conftest import SMALL_NETWORKS
 from training import NonFiniteGuard, build_model
 
 
@@ -14,7 +15,7 @@ def weights_of(model) -> list[np.ndarray]:
 
 
 def test_a_non_finite_step_leaves_every_weight_and_the_loss_means_untouched():
-    model = build_model(TrainConfig(img_height=32, img_width=32))
+    model = build_model(TrainConfig(img_height=32, img_width=32, **SMALL_NETWORKS))
     before = weights_of(model)
     good = tf.random.uniform((1, 32, 32, 1), -1, 1, seed=1)
     poisoned = tf.tensor_scatter_nd_update(good, [[0, 3, 3, 0]], [np.nan])
@@ -33,7 +34,7 @@ def test_a_non_finite_step_leaves_every_weight_and_the_loss_means_untouched():
 
 
 def test_fit_stops_after_more_than_max_nonfinite_skipped_steps(caplog):
-    model = build_model(TrainConfig(img_height=32, img_width=32))
+    model = build_model(TrainConfig(img_height=32, img_width=32, **SMALL_NETWORKS))
     nan = tf.fill((1, 32, 32, 1), np.nan)
     batches = tf.data.Dataset.from_tensors((nan, nan)).repeat()
     guard = NonFiniteGuard(limit=2)

@@ -1,0 +1,47 @@
+"""A write that fails (a full disk) ends the run with one line; the last checkpoint stays."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+
+from tests.conftest import REPO, tiny_run_args
+from tests.test_main import history_rows, run_main
+
+
+def limit_file_size() -> None:
+    """In the child: files may not grow past 1 MB, and such a write fails with EFBIG
+    (SIGXFSZ ignored) as a write to a full disk fails with ENOSPC."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, tiny_dataset):
+    t1, t2 = tiny_dataset
+    output = tmp_path / "run"
+    common = tiny_run_args(t1, t2, output)
+    assert run_main(*common, "--epochs", "1").returncode == 0
+
+    full = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        preexec_fn=limit_file_size,
+    )
+
+    assert full.returncode == 1, full.stderr
+    last_line = full.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: could not write checkpoint {output / 'checkpoints'}")
+    assert "File too large" in last_line and "ckpt-1) is intact" in last_line
+    assert "Traceback" not in full.stderr
+    assert not list((output / "checkpoints").glob("ckpt-2*"))
+
+    resumed = run_main(*common, "--epochs", "2")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 2 epochs done, continuing at epoch 2" in resumed.stdout + resumed.stderr
+    assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
