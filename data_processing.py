@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from config import TrainConfig
+from errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 MIN_INPUT_SIDE = 16
 # Bump when preprocessing changes, so old cache entries are never reused.
 PREPROCESS_VERSION = 1
-
-
-class DataError(Exception):
-    """Input data that training cannot use at all; the message names the path."""
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"output dir {config.output_dir} is not a directory")
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
-    from data_processing import DataError
+    from errors import DataError
     from training import RunFailed, train
 
     try:

@@ -23,8 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 import plotting
+import translation
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
-from data_processing import DataError, TrainingData, make_training_data, sample_images
+from data_processing import TrainingData, make_training_data, sample_images
+from errors import DataError, first_line
 from mri_gan import CycleGan
 
 log = logging.getLogger(__name__)
@@ -95,11 +97,6 @@ def make_checkpoint(model: CycleGan, epoch: tf.Variable) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(epoch=epoch, **networks, **optimizers)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 class RunCheckpoints:
     """The checkpoints of a run under `directory`: restore the newest usable one, save more.
 
@@ -129,13 +126,13 @@ class RunCheckpoints:
             except (ValueError, AssertionError) as error:
                 raise DataError(
                     f"checkpoint {path} does not fit this configuration "
-                    f"(image size or options changed?): {_first_line(error)}"
+                    f"(image size or options changed?): {first_line(error)}"
                 ) from error
             except (tf.errors.OpError, IndexError) as error:
                 log.warning(
                     "warning: checkpoint %s cannot be read (%s); trying the one before it",
                     path,
-                    _first_line(error),
+                    first_line(error),
                 )
                 continue
             return int(self.epoch.numpy()), path
@@ -159,7 +156,7 @@ class RunCheckpoints:
             # Remove only this save's own partial files, never an earlier checkpoint.
             for partial in self.directory.glob(f"ckpt-{number}_temp*"):
                 shutil.rmtree(partial, ignore_errors=True)
-            reason = error.message.rsplit(";", 1)[-1].strip() or _first_line(error)
+            reason = error.message.rsplit(";", 1)[-1].strip() or first_line(error)
             latest = self.manager.latest_checkpoint or "none yet"
             raise RunFailed(
                 f"could not write checkpoint {self.directory / f'ckpt-{number}'}: {reason}; "
@@ -468,6 +465,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         write_summary_figures(config, interruption.epoch)
         return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
+    translation.export_generators(model, config, config.output_dir / "export", epoch=config.epochs)
     write_summary_figures(config, config.epochs)
     log.info(
         "Finished %d of %d epochs; outputs in %s", config.epochs, config.epochs, config.output_dir

@@ -1,0 +1,594 @@
+"""Using a trained model: the translation API, the export, and translate.py end to end.
+
+The model is a 32x32 CycleGAN with its initial (random) weights, saved as training saves
+it; random weights are enough to check geometry, intensities, files and errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+import translation
+from config import CONFIG_FILE_NAME, TrainConfig, save_config
+from data_processing import DataError
+from mri_gan import CycleGan
+from tests.conftest import REPO
+from training import build_model, make_checkpoint
+
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class Run:
+    """A saved training run: its in-memory model, config and folders."""
+
+    model: CycleGan
+    config: TrainConfig
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.config.checkpoint_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Run:
+    """A 32x32 CycleGAN saved as training does: checkpoint at epoch 3 and config.json."""
+    keras.utils.set_random_seed(0)
+    config = TrainConfig(img_height=SIZE, img_width=SIZE, output_dir=tmp_path_factory.mktemp("run"))
+    model = build_model(config)
+    epoch = tf.Variable(3, dtype=tf.int64, trainable=False)
+    manager = tf.train.CheckpointManager(
+        make_checkpoint(model, epoch), str(config.checkpoint_dir), max_to_keep=1
+    )
+    manager.save(checkpoint_number=3)
+    save_config(config, config.output_dir / CONFIG_FILE_NAME)
+    return Run(model, config)
+
+
+@pytest.fixture(scope="module")
+def export_dir(run: Run) -> Path:
+    directory = run.config.output_dir / "export"
+    translation.export_generators(run.model, run.config, directory, epoch=3)
+    return directory
+
+
+def head_volume(shape=(40, 36, 7), peak=900.0, seed=0) -> np.ndarray:
+    """A toy head: an ellipsoid with a darker core and noise; the first and last slices empty."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, side) for side in shape), indexing="ij")
+    radius = np.sqrt(x**2 + (y / 0.9) ** 2 + z**2)
+    volume = np.where(radius < 0.8, peak, 0.0) * np.where(radius < 0.4, 0.5, 1.0)
+    volume = volume * (1 + 0.3 * x)  # a bias field, so N4 and orientation matter
+    volume += rng.normal(0, peak / 50, shape) * (radius < 0.8)
+    volume[:, :, 0] = volume[:, :, -1] = 0
+    return np.clip(volume, 0, None).astype(np.float32)
+
+
+def oblique_affine() -> np.ndarray:
+    """An LAS-stored affine with a little rotation: not the identity, not RAS."""
+    affine = np.diag([-0.9, 1.1, 3.0, 1.0])
+    angle = np.deg2rad(5)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine[:3, :3] = rotation @ affine[:3, :3]
+    affine[:3, 3] = [20.0, -30.0, 10.0]
+    return affine
+
+
+def nifti(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    image = nib.Nifti1Image(np.round(volume).astype(np.int16), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    image.header.set_slope_inter(2.0, 0.0)
+    return image
+
+
+# ------------------------------------------------------------------------------ model
+def test_checkpoint_restores_the_trained_generators(run):
+    images = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 1)).astype(np.float32)
+
+    restored = translation.load_generator(run.checkpoint_dir, "t2_to_t1")
+
+    assert restored.direction == "t2_to_t1" and restored.n4 is True
+    assert restored.image_shape == (SIZE, SIZE)
+    np.testing.assert_allclose(restored(images), run.model.t2_to_t1(images).numpy(), atol=1e-6)
+
+
+def test_export_loads_in_safe_mode_and_gives_the_same_outputs(run, export_dir):
+    images = np.random.default_rng(2).uniform(-1, 1, (3, SIZE, SIZE, 1)).astype(np.float32)
+    info = json.loads((export_dir / "model.json").read_text())
+
+    for direction in ("t1_to_t2", "t2_to_t1"):
+        loaded = keras.models.load_model(export_dir / f"{direction}.keras", safe_mode=True)
+        expected = getattr(run.model, direction)(images).numpy()
+        np.testing.assert_allclose(loaded(images).numpy(), expected, atol=1e-6)
+    assert (info["img_height"], info["img_width"], info["n4"]) == (SIZE, SIZE, True)
+    assert info["value_range"] == [-1.0, 1.0] and info["epoch"] == 3
+    assert info["generators"]["t2_to_t1"]["file"] == "t2_to_t1.keras"
+    assert not [path.name for path in export_dir.iterdir() if path.name.startswith(".")]
+    generator = translation.load_generator(export_dir, "t2_to_t1")
+    assert generator.direction == "t2_to_t1" and generator.image_shape == (SIZE, SIZE)
+
+
+def test_the_n4_setting_of_training_travels_with_the_export(run, tmp_path):
+    without_n4 = dataclasses.replace(run.config, n4=False)
+    translation.export_generators(run.model, without_n4, tmp_path / "export")
+
+    assert translation.load_generator(tmp_path / "export", "t1_to_t2").n4 is False
+
+
+def test_a_generator_of_the_other_direction_is_refused(export_dir):
+    with pytest.raises(DataError, match="translates t1_to_t2, not t2_to_t1"):
+        translation.load_generator(export_dir / "t1_to_t2.keras", "t2_to_t1")
+
+
+def test_a_file_that_is_not_a_keras_model_is_refused(tmp_path):
+    (tmp_path / "t1_to_t2.keras").write_text("not a zip")
+
+    with pytest.raises(DataError, match="t1_to_t2.keras cannot be loaded"):
+        translation.load_generator(tmp_path / "t1_to_t2.keras", "t1_to_t2")
+
+
+def test_an_exported_model_that_disagrees_with_model_json_is_refused(run, tmp_path):
+    other = tmp_path / "export"
+    translation.export_generators(run.model, run.config, other)
+    info = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**info, "img_height": 64}))
+
+    with pytest.raises(DataError, match="takes 32x32 images but .* says 64x32"):
+        translation.load_generator(other / "t1_to_t2.keras")
+
+
+# ------------------------------------------------------------------------- translation
+def test_translated_slices_keep_their_own_size(run):
+    rng = np.random.default_rng(3)
+    slices = [head_volume((40, 52, 3))[:, :, 1], rng.uniform(0, 255, (SIZE, SIZE))]
+
+    translated = translation.translate_slices(run.model.t1_to_t2, slices, n4=False)
+
+    assert [array.shape for array in translated] == [(40, 52), (SIZE, SIZE)]
+    for array in translated:
+        assert array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
+        assert array.std() > 0
+
+
+def test_a_volume_keeps_shape_affine_header_and_background(run, tmp_path):
+    source = tmp_path / "t1.nii.gz"
+    volume = head_volume()
+    nib.save(nifti(volume, oblique_affine()), source)
+    image = translation.read_nifti(source)
+    generator = translation.load_generator(run.checkpoint_dir, "t1_to_t2")
+
+    translated = translation.translate_volume(generator, image, n4=False, batch_size=3)
+    translation.write_nifti(translated, tmp_path / "t2.nii.gz")
+    written = nib.load(tmp_path / "t2.nii.gz")
+    unit = translation.translate_volume(generator, image, n4=False, intensity="unit")
+
+    data = np.asarray(written.dataobj)
+    assert written.shape == image.shape and data.dtype == np.float32
+    for coded in ("get_qform", "get_sform"):
+        got, code = getattr(written.header, coded)(coded=True)
+        want, want_code = getattr(image.header, coded)(coded=True)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert code == want_code
+    assert written.header.get_zooms() == image.header.get_zooms()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["t1.nii.gz", "t2.nii.gz"]
+    # Empty slices stay background; the head is translated, in the input's value range.
+    low, high = translation.intensity_range(image.get_fdata())
+    assert low == 0 and high > 1000  # int16 values x scl_slope 2
+    assert np.all(data[:, :, 0] == 0) and np.all(data[:, :, -1] == 0)
+    assert all(data[:, :, k].std() > 0 for k in range(1, 6))
+    assert data.max() > 255 and data.min() >= low and data.max() <= high
+    np.testing.assert_allclose(data, low + unit.get_fdata() * (high - low), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("storage", ["flipped", "transposed"])
+def test_slices_face_the_generator_the_same_way_however_the_volume_is_stored(run, storage):
+    volume = head_volume(seed=4)
+    affine = oblique_affine()
+    if storage == "flipped":  # the same anatomy stored with the first voxel axis reversed
+        stored = volume[::-1]
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1, volume.shape[0] - 1
+        stored_affine = affine @ flip
+        back = lambda data: data[::-1]  # noqa: E731
+    else:  # the same anatomy with the two in-plane voxel axes swapped
+        stored = volume.transpose(1, 0, 2)
+        stored_affine = affine[:, [1, 0, 2, 3]]
+        back = lambda data: data.transpose(1, 0, 2)  # noqa: E731
+    generator = run.model.t1_to_t2
+
+    original = translation.translate_volume(generator, nifti(volume, affine), n4=False)
+    other = translation.translate_volume(generator, nifti(stored, stored_affine), n4=False)
+
+    np.testing.assert_allclose(back(other.get_fdata()), original.get_fdata(), atol=1e-3)
+
+
+def test_slices_face_the_generator_as_the_training_pngs_were_made():
+    # The demo volume covers template slices z = 30..136; every Test PNG is one of them,
+    # zero-padded to 256x256 (dataset/README.md).
+    volume = nib.load(REPO / "dataset" / "Test" / "volumes" / "sub-21_T1w.nii.gz")
+    png = np.asarray(Image.open(REPO / "dataset" / "Test" / "T1" / "sub-21_z042.png"))
+
+    view = translation.generator_view(np.asarray(volume.dataobj), volume.affine)[42 - 30]
+
+    rows, columns = view.shape
+    matches = [
+        (top, left)
+        for top in range(png.shape[0] - rows + 1)
+        for left in range(png.shape[1] - columns + 1)
+        if np.array_equal(png[top : top + rows, left : left + columns], view)
+    ]
+    assert len(matches) == 1
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal", 0, 1, 2])
+def test_the_generator_view_goes_back_to_the_voxel_order(axis):
+    volume = np.random.default_rng(7).normal(size=(6, 7, 8))
+    affine = oblique_affine()[:, [2, 0, 1, 3]]  # voxel axes in S, L, A order
+
+    view = translation.generator_view(volume, affine, axis)
+
+    np.testing.assert_array_equal(translation.from_generator_view(view, affine, axis), volume)
+    expected_slices = {"axial": 6, "coronal": 8, "sagittal": 7, 0: 6, 1: 7, 2: 8}[axis]
+    assert view.shape[0] == expected_slices
+
+
+def test_a_4d_volume_is_refused(run):
+    image = nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4))
+    with pytest.raises(DataError, match="4-D"):
+        translation.translate_volume(run.model.t1_to_t2, image)
+
+
+# ------------------------------------------------------------------------ image files
+def write_16_bit_png(path: Path) -> np.ndarray:
+    values = head_volume((40, 40, 3), peak=3000.0)[:, :, 1].astype(np.uint16)
+    Image.fromarray(values).save(path)
+    return values
+
+
+def test_16_bit_png_keeps_values_above_255(run, tmp_path):
+    source = tmp_path / "in" / "slice.png"
+    source.parent.mkdir()
+    write_16_bit_png(source)
+
+    result = translation.translate_image_files(
+        run.model.t1_to_t2, [source], lambda path, dtype: tmp_path / "out" / path.name
+    )
+
+    with Image.open(tmp_path / "out" / "slice.png") as image:
+        assert image.mode == "I;16"
+        values = np.asarray(image)
+    assert result.written == (tmp_path / "out" / "slice.png",)
+    assert values.max() > 255 and values.shape == (40, 40)
+
+
+def test_values_that_do_not_fit_8_bits_are_refused_not_clipped(run, tmp_path):
+    source = tmp_path / "slice.png"
+    write_16_bit_png(source)
+    target = tmp_path / "out" / "slice.png"
+
+    with pytest.raises(DataError, match="uint8 cannot hold"):
+        translation.translate_image_files(
+            run.model.t1_to_t2, [source], lambda path, dtype: target, output_dtype="uint8"
+        )
+    assert not target.parent.exists()
+
+
+def test_float32_output_is_a_tiff_in_unit_range(run, tmp_path):
+    source = tmp_path / "slice.png"
+    write_16_bit_png(source)
+
+    def output_path(path: Path, dtype: str) -> Path:
+        return (tmp_path / "out" / path.name).with_suffix(
+            translation.image_output_suffix(path.suffix, dtype)
+        )
+
+    translation.translate_image_files(
+        run.model.t1_to_t2, [source], output_path, output_dtype="float32", intensity="unit"
+    )
+
+    with Image.open(tmp_path / "out" / "slice.tif") as image:
+        assert image.mode == "F"
+        values = np.asarray(image)
+    assert 0 <= values.min() and values.max() <= 1 and values.std() > 0
+
+
+# ------------------------------------------------------------------------------ DICOM
+ORIENTATIONS = {
+    "axial": ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], 2),  # row direction, column direction; normal z
+    "sagittal": ([0.0, 1.0, 0.0, 0.0, 0.0, -1.0], 0),  # normal x
+}
+
+
+def write_dicom_series(folder: Path, orientation: list[float], rows=24, columns=32, count=5):
+    """A small MR series in shuffled file order; slice k has pixel values 100 * k + column.
+
+    Returns the stored values in slice order, (count, rows, columns), after the rescale.
+    """
+    folder.mkdir(parents=True)
+    normal = np.cross(orientation[:3], orientation[3:])
+    series, study = generate_uid(), generate_uid()
+    rng = np.random.default_rng(5)
+    names = rng.permutation(count)  # file names and instance numbers not in slice order
+    expected = []
+    for k in range(count):
+        pixels = (100 * k + np.tile(np.arange(columns), (rows, 1))).astype(np.uint16)
+        expected.append(pixels * 2.0 - 50.0)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset = Dataset()
+        dataset.file_meta = meta
+        dataset.SOPClassUID = MRImageStorage
+        dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        dataset.Modality = "MR"
+        dataset.PatientName = "Phantom^Test"
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SeriesDescription = "T1w test"
+        dataset.SeriesNumber = 3
+        dataset.InstanceNumber = int(names[k]) + 1
+        dataset.ImageOrientationPatient = orientation
+        dataset.ImagePositionPatient = list(np.array([-20.0, 10.0, 30.0]) + 2.5 * k * normal)
+        dataset.PixelSpacing = [0.8, 0.7]
+        dataset.SliceThickness = 2.5
+        dataset.RescaleSlope, dataset.RescaleIntercept = 2, -50
+        dataset.set_pixel_data(pixels, "MONOCHROME2", 16)
+        dataset.save_as(folder / f"IM{names[k]:03d}", enforce_file_format=True)
+    (folder / "README.txt").write_text("not DICOM")
+    return np.stack(expected)
+
+
+@pytest.mark.parametrize("plane", ORIENTATIONS)
+def test_a_dicom_series_is_read_in_slice_order_with_its_geometry(tmp_path, plane):
+    orientation, _ = ORIENTATIONS[plane]
+    expected = write_dicom_series(tmp_path / "series", orientation)
+
+    image = translation.read_dicom_series(tmp_path / "series")
+
+    data = image.get_fdata()
+    assert data.shape == (32, 24, 5)  # columns, rows, slices
+    for k in range(5):
+        np.testing.assert_array_equal(data[:, :, k], expected[k].T)
+    # Voxel (column c, row r, slice k) sits at IPP_k + c * 0.7 * row_dir + r * 0.8 * col_dir
+    # (LPS), which is (-x, -y, z) in RAS.
+    row_direction, column_direction = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row_direction, column_direction)
+    for c, r, k in [(0, 0, 0), (31, 0, 2), (5, 23, 4)]:
+        lps = (
+            np.array([-20.0, 10.0, 30.0])
+            + 2.5 * k * normal
+            + c * 0.7 * row_direction
+            + r * 0.8 * column_direction
+        )
+        ras = image.affine @ [c, r, k, 1]
+        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-6)
+    assert image.header.get_qform(coded=True)[1] == 1
+    assert image.header.get_sform(coded=True)[1] == 1
+
+
+def test_a_dicom_series_written_back_keeps_geometry_and_values(tmp_path):
+    write_dicom_series(tmp_path / "series", ORIENTATIONS["axial"][0])
+    image = translation.read_dicom_series(tmp_path / "series")
+    values = image.get_fdata() * 1.37 + 5.0  # any float volume of the same geometry
+    result = nib.Nifti1Image(values.astype(np.float32), image.affine)
+
+    files = translation.write_dicom_series(
+        result, tmp_path / "series", tmp_path / "out", "synthetic T2w"
+    )
+
+    reread = translation.read_dicom_series(tmp_path / "out")
+    slope = (values.max() - values.min()) / 65535
+    np.testing.assert_allclose(reread.get_fdata(), values, atol=slope)
+    np.testing.assert_allclose(reread.affine, image.affine, atol=1e-6)
+    first = pydicom.dcmread(files[0])
+    source = pydicom.dcmread(next((tmp_path / "series").glob("IM*")))
+    assert first.SeriesInstanceUID != source.SeriesInstanceUID
+    assert first.SeriesDescription == "synthetic T2w" and list(first.ImageType)[0] == "DERIVED"
+
+
+def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "out" / "volume.nii.gz"
+
+    with pytest.raises(RuntimeError), translation.atomic_path(target) as temporary:
+        temporary.write_bytes(b"half a vol")
+        raise RuntimeError("disk full")
+
+    assert list(target.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the command line
+def translate_command(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "translate.py"), *map(str, args)]
+
+
+def test_help_explains_the_flags_without_loading_tensorflow():
+    result = subprocess.run(
+        translate_command("--help"), capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    imports = subprocess.run(
+        [sys.executable, "-c", "import sys, translate; print('tensorflow' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+    assert result.returncode == 0
+    for flag in ("--direction", "--checkpoint_dir", "--model", "--axis", "--no-preprocess"):
+        assert flag in result.stdout
+    for words in ("--intensity", "99.5th percentile", "--output_dtype", "--export", "qform"):
+        assert words in result.stdout
+    assert imports.stdout.strip() == "False"
+
+
+@dataclass(frozen=True)
+class CliCase:
+    args: tuple[str, ...]
+    output: Path  # must not exist afterwards, for error cases
+    message: str = ""  # the error line must contain this
+
+
+@pytest.fixture(scope="module")
+def cli(
+    run, export_dir, tmp_path_factory
+) -> dict[str, tuple[CliCase, subprocess.CompletedProcess]]:
+    """Every translate.py run of these tests, started together to share the start-up time."""
+    root = tmp_path_factory.mktemp("cli")
+    volume_path = root / "t1.nii.gz"
+    nib.save(nifti(head_volume(), oblique_affine()), volume_path)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), root / "4d.nii.gz")
+    (root / "garbage.png").write_text("not a png")
+    (root / "empty").mkdir()
+    (root / "no_dicom").mkdir()
+    (root / "no_dicom" / "notes.txt").write_text("no DICOM here")
+    (root / "no_checkpoint").mkdir()
+    write_dicom_series(root / "series", ORIENTATIONS["axial"][0])
+    # A run whose config.json names a size that its checkpoint was not trained at.
+    wrong = root / "wrong_size"
+    shutil.copytree(run.checkpoint_dir, wrong / "checkpoints")
+    save_config(
+        TrainConfig(img_height=64, img_width=64, output_dir=wrong), wrong / CONFIG_FILE_NAME
+    )
+    shutil.copytree(run.checkpoint_dir, root / "run" / "checkpoints")
+    shutil.copy(run.config.output_dir / CONFIG_FILE_NAME, root / "run" / CONFIG_FILE_NAME)
+
+    out = root / "out"
+    checkpoint = ("--direction", "t1_to_t2", "--checkpoint_dir", str(run.checkpoint_dir))
+    cases = {
+        "missing_input": CliCase(
+            (*checkpoint, "--input", str(root / "nowhere.nii.gz"), "--output", str(out / "a.nii")),
+            out / "a.nii",
+            f"input {root / 'nowhere.nii.gz'} does not exist",
+        ),
+        "not_an_image": CliCase(
+            (*checkpoint, "--input", str(root / "garbage.png"), "--output", str(out / "b.png")),
+            out / "b.png",
+            f"input {root / 'garbage.png'}: not an image",
+        ),
+        "4d_nifti": CliCase(
+            (*checkpoint, "--input", str(root / "4d.nii.gz"), "--output", str(out / "c.nii.gz")),
+            out / "c.nii.gz",
+            f"NIfTI {root / '4d.nii.gz'} is 4-D (8x8x4x2)",
+        ),
+        "empty_folder": CliCase(
+            (*checkpoint, "--input", str(root / "empty"), "--output", str(out / "d.nii.gz")),
+            out / "d.nii.gz",
+            f"input folder {root / 'empty'} is empty",
+        ),
+        "no_dicom_in_folder": CliCase(
+            (*checkpoint, "--input", str(root / "no_dicom"), "--output", str(out / "e.nii.gz")),
+            out / "e.nii.gz",
+            f"DICOM folder {root / 'no_dicom'} holds no DICOM image",
+        ),
+        "no_checkpoint": CliCase(
+            (
+                *("--direction", "t1_to_t2", "--checkpoint_dir", str(root / "no_checkpoint")),
+                *("--input", str(volume_path), "--output", str(out / "f.nii.gz")),
+            ),
+            out / "f.nii.gz",
+            f"checkpoint dir {root / 'no_checkpoint'} holds no checkpoint",
+        ),
+        "wrong_size": CliCase(
+            (
+                *("--direction", "t1_to_t2", "--checkpoint_dir", str(wrong / "checkpoints")),
+                *("--input", str(volume_path), "--output", str(out / "g.nii.gz")),
+            ),
+            out / "g.nii.gz",
+            f"does not fit the 64x64 model that {wrong / CONFIG_FILE_NAME} describes",
+        ),
+        "dicom_from_checkpoint": CliCase(
+            (*checkpoint, "--input", str(root / "series"), "--output", str(out / "t2.nii.gz"))
+            + ("--dicom_out", str(out / "t2_dicom"), "--quiet"),
+            out / "t2.nii.gz",
+        ),
+        "export": CliCase(
+            ("--export", "--checkpoint_dir", str(root / "run" / "checkpoints")),
+            root / "run" / "export",
+        ),
+    }
+
+    def launch(case: CliCase) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            translate_command(*case.args), capture_output=True, text=True, cwd=REPO, timeout=300
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(cases, pool.map(launch, cases.values()), strict=True))
+    return {name: (cases[name], results[name]) for name in cases}
+
+
+ERROR_CASES = [
+    "missing_input",
+    "not_an_image",
+    "4d_nifti",
+    "empty_folder",
+    "no_dicom_in_folder",
+    "no_checkpoint",
+    "wrong_size",
+]
+
+
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_bad_input_is_a_one_line_error_and_leaves_nothing(cli, name):
+    case, result = cli[name]
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    assert case.message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not case.output.exists()
+    assert not case.output.parent.exists() or not list(case.output.parent.glob(".*tmp*"))
+
+
+def test_cli_translates_a_dicom_series_from_a_checkpoint(cli):
+    case, result = cli["dicom_from_checkpoint"]
+    source = translation.read_dicom_series(Path(case.args[case.args.index("--input") + 1]))
+
+    assert result.returncode == 0, result.stderr
+    assert "Translated 5 of 5 slices" in result.stderr
+    written = nib.load(case.output)
+    assert written.shape == source.shape and written.get_fdata().std() > 0
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert written.header.get_sform(coded=True)[1] == 1
+    as_dicom = translation.read_dicom_series(case.output.with_name("t2_dicom"))
+    np.testing.assert_allclose(as_dicom.affine, source.affine, atol=1e-5)
+    spread = float(written.get_fdata().max() - written.get_fdata().min())
+    np.testing.assert_allclose(as_dicom.get_fdata(), written.get_fdata(), atol=spread / 65535)
+
+
+def test_cli_exports_the_generators_of_a_checkpoint(cli, run):
+    case, result = cli["export"]
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in case.output.iterdir()) == [
+        "model.json",
+        "t1_to_t2.keras",
+        "t2_to_t1.keras",
+    ]
+    assert json.loads((case.output / "model.json").read_text())["epoch"] == 3
+    images = np.random.default_rng(6).uniform(-1, 1, (1, SIZE, SIZE, 1)).astype(np.float32)
+    loaded = keras.models.load_model(case.output / "t1_to_t2.keras", safe_mode=True)
+    np.testing.assert_allclose(
+        loaded(images).numpy(), run.model.t1_to_t2(images).numpy(), atol=1e-6
+    )

@@ -1,0 +1,410 @@
+"""Translate scans with a trained generator, or export the generators for sharing.
+
+    python translate.py --direction t1_to_t2 --checkpoint_dir output/checkpoints \\
+        --input sub-01_T1w.nii.gz --output sub-01_T2w_synthetic.nii.gz
+    python translate.py --export --checkpoint_dir output/checkpoints
+
+This module only checks the command line and calls `translation`; bad input is a
+one-line `error: ...` on stderr with exit code 2, and nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from errors import first_line
+
+# Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("t1_to_t2", "t2_to_t1")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+WRITABLE_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Read but never written: JPEG is lossy and BMP holds 8 bits only.
+READ_ONLY_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp")
+
+EPILOG = """\
+inputs and outputs:
+  a .png/.tif/.jpg/.bmp file      -> the --output file (.png or .tif), or a file of the same
+                                     name in the --output folder
+  a folder of such images         -> the same names (and subfolders) under --output; a
+                                     file that cannot be read is skipped with a warning
+  a NIfTI volume (.nii, .nii.gz)  -> a NIfTI volume (--output .nii/.nii.gz) of the same
+                                     shape, affine and header (qform/sform, zooms), float32
+  a DICOM series folder           -> a NIfTI volume in scanner (RAS) geometry, and with
+                                     --dicom_out also a new DICOM series
+  Image files keep their bit depth unless --output_dtype says otherwise (8-bit -> 8-bit
+  PNG, 16-bit -> 16-bit PNG, float -> float32 TIFF); values are never clipped to 8 bits:
+  if the values do not fit the type you ask for, it is an error. .jpg/.bmp inputs are
+  written as .png, float32 always as .tif.
+
+slices and preprocessing:
+  Volumes are translated slice by slice along --axis: a plane name picks the voxel axis
+  closest to that plane's normal (axial is the third voxel axis of the usual axial
+  acquisition), a number picks a voxel axis. Each slice is shown to the generator
+  anterior (or superior) up, as the training PNGs of dataset/make_demo.py, and is
+  preprocessed as in training: N4 bias correction (as the model was trained, unless
+  --preprocess/--no-preprocess says otherwise), its minimum -> 0 and the 99.5th
+  percentile of its foreground -> 1, resampled to the model size; the translation is
+  resampled back to the slice's own size. Slices with under 1 % foreground (against
+  the whole volume) are not translated and stay background.
+
+intensity:
+  input (default)  [0, 1] is mapped linearly to [minimum, 99.5th percentile of the
+                   foreground] of the input: the inverse of the training normalization,
+                   taken over the whole volume for NIfTI/DICOM, per image for images.
+                   Volumes get scanner-like values; background is the input's minimum.
+  unit             [0, 1] floats; in a uint8/uint16 file, 0..255 or 0..65535.
+
+export:
+  --export --checkpoint_dir output/checkpoints writes output/export/t1_to_t2.keras,
+  t2_to_t1.keras and model.json (image size, N4, value range), reading
+  output/config.json beside the checkpoint dir; translate then takes --model.
+
+exit codes: 0 done; 2 bad arguments or unusable input; 1 a failed read or write; 130
+interrupted. Files are written under a temporary name and renamed when complete, so
+nothing half-written is ever left at an output path.
+"""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Translate brain MRI slices, NIfTI volumes or DICOM series between\n"
+        "T1- and T2-weighted contrast with a trained mri-gan generator, or export the\n"
+        "generators as .keras files. Synthetic images are for research, not diagnosis.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--direction", choices=DIRECTIONS, help="which generator to use")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint_dir",
+        type=Path,
+        help="a training run's checkpoints (e.g. output/checkpoints); the image size and "
+        "N4 setting come from config.json beside it",
+    )
+    source.add_argument(
+        "--model",
+        type=Path,
+        help="an exported generator (e.g. output/export/t1_to_t2.keras) or export folder",
+    )
+    parser.add_argument(
+        "--input", type=Path, help="image file, folder of images, NIfTI file or DICOM folder"
+    )
+    parser.add_argument("--output", type=Path, help="output file or folder (see below)")
+    parser.add_argument(
+        "--axis",
+        default="axial",
+        choices=("axial", "coronal", "sagittal", "0", "1", "2"),
+        help="volumes: the slice plane, or a voxel axis 0-2 (default: axial)",
+    )
+    parser.add_argument(
+        "--preprocess",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="N4 bias correction before translating (default: as the model was trained); "
+        "normalization and resampling always happen",
+    )
+    parser.add_argument(
+        "--intensity",
+        default="input",
+        choices=("input", "unit"),
+        help="output intensity scale, see below (default: input)",
+    )
+    parser.add_argument(
+        "--output_dtype",
+        choices=("uint8", "uint16", "float32"),
+        help="output data type (default: images as the input, volumes float32)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=8,
+        help="slices per forward pass of the generator (default: 8)",
+    )
+    parser.add_argument(
+        "--dicom_out",
+        type=Path,
+        help="DICOM input only: also write the result as a new DICOM series in this folder",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="export both generators of --checkpoint_dir as .keras files, then stop",
+    )
+    parser.add_argument(
+        "--export_dir",
+        type=Path,
+        help="where --export writes (default: export/ beside the checkpoint dir)",
+    )
+    return parser
+
+
+# Exit codes, as main.py: 2 for arguments or input that cannot be used, 1 for a failed
+# read or write (a full disk), 130 when Ctrl-C stopped the run.
+EXIT_BAD_INPUT = 2
+EXIT_READ_WRITE_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse missing or conflicting flags (argparse exit 2) before any work."""
+    if args.export:
+        if args.checkpoint_dir is None:
+            parser.error("--export needs --checkpoint_dir")
+        return
+    missing = [flag for flag in ("direction", "input", "output") if getattr(args, flag) is None]
+    if missing:
+        parser.error("the following arguments are required: --" + ", --".join(missing))
+    if args.checkpoint_dir is None and args.model is None:
+        parser.error("give the trained model: --checkpoint_dir or --model")
+
+
+def input_kind(path: Path) -> str:
+    """The kind of input: "nifti", "image", "images" (a folder) or "dicom" (a folder).
+
+    Exits with an error for a missing path, an empty folder or an unknown file type.
+    """
+    if not path.exists():
+        fail(f"input {path} does not exist")
+    if path.is_file():
+        if path.name.lower().endswith(NIFTI_SUFFIXES):
+            return "nifti"
+        if path.suffix.lower() in WRITABLE_IMAGE_SUFFIXES + READ_ONLY_IMAGE_SUFFIXES:
+            return "image"
+        fail(
+            f"input {path} is not an image (.png .tif .jpg .bmp), a NIfTI volume "
+            "(.nii, .nii.gz) or a folder"
+        )
+    files = [file for file in path.rglob("*") if file.is_file()]
+    if not files:
+        fail(f"input folder {path} is empty")
+    if any(
+        file.suffix.lower() in WRITABLE_IMAGE_SUFFIXES + READ_ONLY_IMAGE_SUFFIXES for file in files
+    ):
+        return "images"
+    return "dicom"
+
+
+def check_before_tensorflow(args: argparse.Namespace, kind: str) -> None:
+    """The checks of input and model paths that need no TensorFlow, so that common
+    mistakes answer at once; `translation` checks again (it serves notebooks too), and more.
+    """
+    if kind == "nifti":
+        import nibabel as nib
+
+        try:
+            shape = nib.load(args.input).shape  # reads the header only
+        except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
+            fail(f"input {args.input} is not a readable NIfTI volume: {first_line(error)}")
+        if len(shape) != 3:
+            fail(
+                f"NIfTI {args.input} is {len(shape)}-D ({'x'.join(map(str, shape))}); "
+                "translation takes one 3-D volume (split a 4-D series into volumes first)"
+            )
+    elif kind == "image":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.input) as image:
+                image.load()
+        except UnidentifiedImageError:
+            fail(f"input {args.input}: not an image")
+        except (OSError, SyntaxError, ValueError):
+            fail(f"input {args.input}: unreadable or truncated image")
+    elif kind == "dicom":
+        from pydicom.misc import is_dicom
+
+        if not any(is_dicom(file) for file in args.input.rglob("*") if file.is_file()):
+            fail(f"DICOM folder {args.input} holds no DICOM image")
+    if args.model is not None and not args.model.exists():
+        fail(f"model {args.model} does not exist")
+    if args.checkpoint_dir is not None:
+        if not args.checkpoint_dir.is_dir():
+            fail(f"checkpoint dir {args.checkpoint_dir} does not exist or is not a directory")
+        if not (args.checkpoint_dir / "checkpoint").is_file():  # CheckpointManager's index
+            nested = args.checkpoint_dir / "checkpoints"
+            hint = f" (did you mean {nested}?)" if nested.is_dir() else ""
+            fail(f"checkpoint dir {args.checkpoint_dir} holds no checkpoint{hint}")
+
+
+def volume_output(args: argparse.Namespace, kind: str) -> Path:
+    """The NIfTI file to write: --output, or a file named after the input in that folder."""
+    if args.output.name.lower().endswith(NIFTI_SUFFIXES):
+        return args.output
+    if args.output.is_dir():
+        name = args.input.name if kind == "nifti" else f"{args.input.resolve().name}.nii.gz"
+        return args.output / name
+    fail(f"output {args.output} must end in .nii or .nii.gz, or be an existing folder")
+
+
+def same_path(first: Path, second: Path) -> bool:
+    return first.resolve() == second.resolve()
+
+
+def output_target(parser: argparse.ArgumentParser, args: argparse.Namespace, kind: str) -> Path:
+    """Where the result goes (a NIfTI file for volumes, else --output); exits if unusable."""
+    if args.dicom_out is not None:
+        if kind != "dicom":
+            parser.error("--dicom_out needs a DICOM series folder as --input")
+        if args.dicom_out.exists() and (
+            not args.dicom_out.is_dir() or any(args.dicom_out.iterdir())
+        ):
+            fail(f"--dicom_out {args.dicom_out} exists and is not an empty folder")
+    suffix = args.output.suffix.lower()
+    if kind == "images" and args.output.is_file():
+        fail(f"output {args.output} is a file; a folder of images needs an output folder")
+    if kind == "image" and suffix in READ_ONLY_IMAGE_SUFFIXES:
+        fail(f"output {args.output}: write .png or .tif (JPEG is lossy, BMP holds 8 bits)")
+    if kind == "image" and args.output_dtype == "float32" and suffix == ".png":
+        fail(f"output {args.output}: PNG cannot hold float32 values; name it .tif")
+    target = volume_output(args, kind) if kind in ("nifti", "dicom") else args.output
+    if same_path(args.input, target):
+        fail(f"output {target} is the input; choose another path")
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    # Our own messages at INFO; other libraries' (TensorFlow's) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in (__name__, "translation"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    # TensorFlow's warnings about checkpoint parts deliberately not restored are noise here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if args.export:
+        check_before_tensorflow(args, "export")
+        run_export(args)
+        return
+
+    kind = input_kind(args.input)
+    target = output_target(parser, args, kind)
+    check_before_tensorflow(args, kind)
+
+    # Imported here so that --help and argument errors answer without loading TensorFlow.
+    from errors import DataError
+
+    try:
+        translate(args, kind, target)
+    except DataError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; no file was left half-written", EXIT_INTERRUPTED)
+    except OSError as error:
+        fail(f"{error.strerror or error}: {error.filename or target}", EXIT_READ_WRITE_FAILED)
+
+
+def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
+    import translation
+
+    # Read the input first: a bad input fails before the model is loaded.
+    if kind == "nifti":
+        volume = translation.read_nifti(args.input)
+    elif kind == "dicom":
+        volume = translation.read_dicom_series(args.input)
+    elif kind == "images":
+        inputs = translation.image_files(args.input)
+    else:
+        translation.read_image(args.input)
+        inputs = [args.input]
+    source = args.model if args.model is not None else args.checkpoint_dir
+    generator = translation.load_generator(source, args.direction)
+    axis = int(args.axis) if args.axis.isdigit() else args.axis
+    progress = not args.quiet
+
+    if kind in ("nifti", "dicom"):
+        translated = translation.translate_volume(
+            generator,
+            volume,
+            axis=axis,
+            n4=args.preprocess,
+            intensity=args.intensity,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        translation.write_nifti(translated, target, args.output_dtype or "float32", args.intensity)
+        log.info("Wrote %s", target)
+        if args.dicom_out is not None:
+            _, contrast = translation.CONTRASTS[args.direction]
+            files = translation.write_dicom_series(
+                translated,
+                args.input,
+                args.dicom_out,
+                f"synthetic {contrast} (mri-gan, research only)",
+            )
+            log.info("Wrote %d DICOM files to %s", len(files), args.dicom_out)
+        return
+
+    def output_path(path: Path, dtype: str) -> Path:
+        if kind == "image" and args.output.suffix.lower() in WRITABLE_IMAGE_SUFFIXES:
+            return args.output
+        relative = path.relative_to(args.input) if kind == "images" else Path(path.name)
+        return (args.output / relative).with_suffix(
+            translation.image_output_suffix(relative.suffix, dtype)
+        )
+
+    result = translation.translate_image_files(
+        generator,
+        inputs,
+        output_path,
+        n4=args.preprocess,
+        intensity=args.intensity,
+        output_dtype=args.output_dtype,
+        batch_size=args.batch_size,
+        progress=progress and kind == "images",
+    )
+    if not result.written:
+        fail(f"input {args.input}: no readable image to translate")
+    where = result.written[0] if kind == "image" else args.output
+    skipped = f", skipped {len(result.skipped)}" if result.skipped else ""
+    log.info("Wrote %d image(s) to %s%s", len(result.written), where, skipped)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from errors import DataError
+
+    try:
+        import translation
+
+        run = translation.restore_run(args.checkpoint_dir)
+        export_dir = args.export_dir or args.checkpoint_dir.parent / "export"
+        paths = translation.export_generators(run.model, run.config, export_dir, epoch=run.epoch)
+    except DataError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; no generator file was left half-written", EXIT_INTERRUPTED)
+    except OSError as error:
+        fail(f"{error.strerror or error}: {error.filename or 'export'}", EXIT_READ_WRITE_FAILED)
+    log.info(
+        "Exported the generators of %s (epoch %d) to %s: %s",
+        run.checkpoint,
+        run.epoch,
+        export_dir,
+        ", ".join(path.name for path in paths.values()),
+    )
+
+
+if __name__ == "__main__":
+    main()
