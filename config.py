@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from files import atomic_path
 
 # The U-Net halves the image once per level; its depth is capped at the 8 levels of
 # the reference pix2pix `unet_256`, and at least 4 levels keep it a U-Net.
@@ -72,9 +73,8 @@ def save_config(config: TrainConfig, path: Path) -> None:
         name: str(value) if isinstance(value, Path) else value
         for name, value in dataclasses.asdict(config).items()
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(values, indent=2) + "\n")
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from config import TrainConfig
 from errors import DataError
+from files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,8 @@ class PreprocessCache:
         return array
 
     def _write(self, entry: Path, array: np.ndarray) -> None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        temporary = entry.with_name(f".{entry.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(temporary, "wb") as stream:
+        with atomic_path(entry) as temporary, open(temporary, "wb") as stream:
             np.save(stream, array, allow_pickle=False)
-        os.replace(temporary, entry)
 
 
 def scan_images(data_dir: Path, cache: PreprocessCache) -> ScanResult:

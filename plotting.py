@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def _replace_atomically(path: Path, write) -> None:
-    """Call write(temporary_path), then rename it onto `path`: no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(temporary)
-    os.replace(temporary, path)
+from files import atomic_path  # noqa: E402
 
 
 def plot_translations(
@@ -48,7 +41,8 @@ def plot_translations(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    _replace_atomically(path, lambda target: figure.savefig(target, dpi=80, format="png"))
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
     plt.close(figure)
 
 
@@ -58,7 +52,8 @@ def read_history(csv_path: Path) -> dict[str, list[float]]:
         rows = list(csv.DictReader(stream))
     if not rows:
         return {}
-    return {name: [float(row[name]) for row in rows] for name in rows[0]}
+    # Epochs without a value in a column (metrics not computed then) read as NaN.
+    return {name: [float(row[name] or "nan") for row in rows] for name in rows[0]}
 
 
 def plot_loss_curves(csv_path: Path, path: Path) -> None:
@@ -80,7 +75,8 @@ def plot_loss_curves(csv_path: Path, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     figure.tight_layout()
-    _replace_atomically(path, lambda target: figure.savefig(target, dpi=90, format="png"))
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
     plt.close(figure)
 
 
@@ -92,14 +88,12 @@ def make_gif(frame_paths: list[Path], path: Path, seconds_per_frame: float = 0.5
     for frame_path in frame_paths:
         with Image.open(frame_path) as frame:
             frames.append(frame.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE))
-    _replace_atomically(
-        path,
-        lambda target: frames[0].save(
-            target,
+    with atomic_path(path) as temporary:
+        frames[0].save(
+            temporary,
             format="GIF",
             save_all=True,
             append_images=frames[1:],
             duration=int(seconds_per_frame * 1000),
             loop=0,
-        ),
-    )
+        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -27,6 +26,7 @@ import translation
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import TrainingData, make_training_data, sample_images
 from errors import DataError, first_line
+from files import atomic_path
 from mri_gan import CycleGan
 
 log = logging.getLogger(__name__)
@@ -295,12 +295,10 @@ class HistoryCsv(EpochEndCallback):
         row = {"epoch": str(epoch), "seconds": f"{time.perf_counter() - self._started:.2f}"}
         row.update({name: f"{float(logs[name]):.6g}" for name in self.columns if name in logs})
         self.rows.append(row)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "w", newline="") as stream:
+        with atomic_path(self.path) as temporary, open(temporary, "w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=self.columns, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(temporary, self.path)
 
 
 class EpochCheckpoint(EpochEndCallback):

@@ -14,15 +14,13 @@ beside them; `load_generator` loads one from there or from a training checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import os
-import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +29,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DSfloat
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from config import CONFIG_FILE_NAME, TrainConfig, default_of, image_size_problem, load_config
 from data_processing import (
@@ -44,6 +44,7 @@ from data_processing import (
     read_grayscale,
 )
 from errors import DataError, first_line
+from files import atomic_path
 
 # Importing mri_gan registers InstanceNormalization, so `.keras` files load in safe mode.
 from mri_gan import CycleGan
@@ -232,6 +233,21 @@ def restore_run(checkpoint_dir: Path) -> RestoredRun:
         generator_filters=config.generator_filters,
         critic_filters=config.critic_filters,
     )
+    does_not_fit = (
+        f"checkpoint {latest} does not fit the {config.img_height}x{config.img_width} "
+        f"model that {config_path} describes"
+    )
+    try:
+        saved = saved_shapes(latest)
+    except (tf.errors.OpError, KeyError, IndexError, DecodeError) as error:
+        raise DataError(f"checkpoint {latest} cannot be read: {first_line(error)}") from error
+    for generator in model.generators:
+        # Checked before restoring, which would leave TensorFlow warnings behind. Every
+        # weight must be saved; non-trainable state (dropout seeds) need not be.
+        trainable = Counter(tuple(variable.shape) for variable in generator.trainable_variables)
+        every = Counter(tuple(variable.shape) for variable in generator.variables)
+        if not trainable <= Counter(saved.get(generator.name, ())) <= every:
+            raise DataError(f"{does_not_fit} (another image size or --generator_filters?)")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     # The same names as training.make_checkpoint, so the generators' values are found.
     checkpoint = tf.train.Checkpoint(
@@ -241,13 +257,35 @@ def restore_run(checkpoint_dir: Path) -> RestoredRun:
         # Critics, optimizers: in the checkpoint, deliberately not restored.
         checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError) as error:
-        raise DataError(
-            f"checkpoint {latest} does not fit the {config.img_height}x{config.img_width} "
-            f"model that {config_path} describes: {first_line(error)}"
-        ) from error
-    except tf.errors.OpError as error:
+        raise DataError(f"{does_not_fit}: {first_line(error)}") from error
+    except (tf.errors.OpError, IndexError) as error:
         raise DataError(f"checkpoint {latest} cannot be read: {first_line(error)}") from error
     return RestoredRun(model, config, int(epoch.numpy()), latest)
+
+
+def saved_shapes(checkpoint: str) -> dict[str, list[tuple[int, ...]]]:
+    """The variable shapes saved under each top-level name of a checkpoint (`t1_to_t2`, …).
+
+    Read from the checkpoint's object graph without restoring anything.
+    """
+    reader = tf.train.load_checkpoint(checkpoint)
+    shapes = reader.get_variable_to_shape_map()
+    graph = TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    saved: dict[str, list[tuple[int, ...]]] = {}
+    for child in graph.nodes[0].children:
+        found, seen, stack = [], set(), [child.node_id]
+        while stack:
+            node_id = stack.pop()
+            if node_id in seen:
+                continue
+            seen.add(node_id)
+            node = graph.nodes[node_id]
+            keys = (attribute.checkpoint_key for attribute in node.attributes)
+            found += [tuple(shapes[key]) for key in keys if key in shapes]
+            stack += [grandchild.node_id for grandchild in node.children]
+        saved[child.local_name] = found
+    return saved
 
 
 def load_generator(source: Path | str, direction: str | None = None) -> Generator:
@@ -877,30 +915,6 @@ def write_dicom_series(
 
 
 # ------------------------------------------------------------------------------ files
-@contextlib.contextmanager
-def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
-    """A temporary path beside `path` to write to, renamed to `path` when the block ends.
-
-    If the block raises, the temporary file (or folder) is removed and `path` is left as
-    it was. The temporary name keeps `path`'s suffix, since writers choose formats by it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{'' if directory else suffix}")
-    if directory:
-        temporary.mkdir()
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
-        raise
-
-
 def image_files(folder: Path) -> list[Path]:
     """The image files under `folder`, recursively and sorted, as training finds them."""
     return find_images(Path(folder))

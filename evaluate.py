@@ -1,0 +1,178 @@
+"""Measure a trained model on a paired test set, against the identity and histogram matching.
+
+    python evaluate.py --checkpoint_dir output/checkpoints \\
+        --test_dir_t1 dataset/Test/T1 --test_dir_t2 dataset/Test/T2
+
+Writes `metrics.csv`, `metrics.json` and `examples.png` to `--output_dir` and prints a
+table. This module only checks the command line and calls `evaluation`; bad input is a
+one-line `error: ...` on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+# Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+pairs: a T1 and a T2 file with the same file name are the same slice; both folders are
+  searched recursively. A file without a partner is named in a warning and not scored.
+preprocessing: as in training (N4 as the run was trained, [0, 1], resampled to the
+  model size), through the run's preprocessing cache.
+metrics, per slice, on [0, 1] images: SSIM (tf.image.ssim: 11x11 Gaussian window,
+  sigma 1.5), PSNR (dB, max 1; identical images are capped at 100 dB) and MAE, over the
+  whole slice and over the head (the foreground of the input and target, holes filled;
+  masked SSIM averages the SSIM map over windows centred in the head).
+methods: model (the generator of each direction); identity (the input itself);
+  histogram_matching (the input's head matched to the pooled head histogram of the
+  training images of the target contrast - never the target). A model that does not
+  beat histogram matching has learned no more than a grey-level lookup table.
+outputs: metrics.csv (a row per slice, direction and method), metrics.json (mean and
+  std of each metric, and whether the model beats histogram matching), examples.png
+  (best, median and worst slice by model SSIM, per direction, with |error| maps).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a trained T1 <-> T2 CycleGAN on paired held-out slices.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint_dir",
+        type=Path,
+        required=True,
+        help="the run's checkpoint folder, <output_dir>/checkpoints; config.json is read "
+        "from the folder above it",
+    )
+    parser.add_argument(
+        "--test_dir_t1",
+        type=Path,
+        default=Path("dataset/Test/T1"),
+        help="T1-weighted test slices (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test_dir_t2",
+        type=Path,
+        default=Path("dataset/Test/T2"),
+        help="T2-weighted test slices, same file names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        help="where the results go (default: <output_dir of the run>/evaluation)",
+    )
+    parser.add_argument(
+        "--train_dir_t1",
+        type=Path,
+        help="T1 training slices, the histogram reference of T2->T1 (default: config.json's)",
+    )
+    parser.add_argument(
+        "--train_dir_t2",
+        type=Path,
+        help="T2 training slices, the histogram reference of T1->T2 (default: config.json's)",
+    )
+    parser.add_argument(
+        "--cache_dir",
+        type=Path,
+        help="preprocessing cache (default: the run's, so training images are not redone)",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=16, help="slices per generator call (default: 16)"
+    )
+    return parser
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse missing folders before TensorFlow is loaded, so the answer is immediate."""
+    for flag in ("checkpoint_dir", "test_dir_t1", "test_dir_t2"):
+        path = getattr(args, flag)
+        if not path.exists():
+            fail(f"--{flag} {path} does not exist")
+        if not path.is_dir():
+            fail(f"--{flag} {path} is not a directory")
+    if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
+        fail(f"--output_dir {args.output_dir} is not a directory")
+    if args.batch_size < 1:
+        fail(f"--batch_size must be a positive integer, got {args.batch_size}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """The whole job; raises DataError for input it cannot use."""
+    import evaluation
+    from data_processing import DataError, PreprocessCache
+
+    run_dir = args.checkpoint_dir.parent
+    restored = evaluation.load_generators(args.checkpoint_dir)
+    config = restored.config
+    train_dirs = {
+        "t1": args.train_dir_t1 or config.data_dir_t1,
+        "t2": args.train_dir_t2 or config.data_dir_t2,
+    }
+    for contrast, folder in train_dirs.items():
+        if not folder.is_dir():
+            raise DataError(
+                f"training dir {folder} (the histogram reference of the {contrast.upper()} "
+                f"contrast) does not exist: pass --train_dir_{contrast}"
+            )
+    pairing = evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
+    cache = PreprocessCache(args.cache_dir or config.cache_dir or run_dir / "cache", config)
+    log.info(
+        "Evaluating %s (epoch %d, %dx%d) on %d pairs.",
+        restored.checkpoint,
+        restored.epoch,
+        config.img_height,
+        config.img_width,
+        len(pairing.pairs),
+    )
+    images = evaluation.load_pairs(pairing.pairs, cache)
+    references = evaluation.build_histogram_references(train_dirs["t1"], train_dirs["t2"], cache)
+    result = evaluation.evaluate_pairs(restored, images, references, batch_size=args.batch_size)
+
+    output_dir = args.output_dir or run_dir / "evaluation"
+    document = evaluation.metrics_document(
+        result,
+        checkpoint=restored.checkpoint,
+        epoch=restored.epoch,
+        image_size=[config.img_height, config.img_width],
+        n4=config.n4,
+        test_dirs={"t1": str(args.test_dir_t1), "t2": str(args.test_dir_t2)},
+        histogram_reference_dirs={name: str(folder) for name, folder in train_dirs.items()},
+        unpaired=[str(path) for path in (*pairing.unpaired_t1, *pairing.unpaired_t2)],
+        skipped=[f"{path}: {reason}" for path, reason in images.skipped],
+    )
+    evaluation.write_metrics_csv(result, output_dir / "metrics.csv")
+    evaluation.write_json(document, output_dir / "metrics.json")
+    evaluation.plot_examples(restored, images, result, output_dir / "examples.png")
+    print(evaluation.format_table(result))
+    print(f"Wrote metrics.csv, metrics.json and examples.png to {output_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_paths(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from data_processing import DataError
+
+    try:
+        evaluate(args)
+    except DataError as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

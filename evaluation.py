@@ -1,0 +1,583 @@
+"""Measure T1 <-> T2 translation on a paired held-out set, against two baselines.
+
+The flow is one way: two folders of slices, paired by file name -> each image
+preprocessed once, exactly as in training (`PreprocessCache`: N4, [0, 1], resampled) ->
+each direction predicted three ways -> SSIM, PSNR and MAE per slice (`metrics.py`), over
+the whole slice and over the head -> an `EvaluationResult`, written as CSV, JSON and a
+figure by `evaluate.py`, or summarised for training every few epochs.
+
+The three ways (`METHODS`):
+- `model`: the generator of that direction.
+- `identity`: the input itself, unchanged. The floor: any model must beat it.
+- `histogram_matching`: the input's head histogram matched
+  (`skimage.exposure.match_histograms`) to the pooled head histogram of the *training*
+  images of the target contrast, never to the target itself. A model that does not
+  beat this has learned no more than a grey-level lookup table.
+
+The head mask of a pair is the union of the heads of its two acquired images, so both
+directions are scored on the same pixels; see `head_mask`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
+from skimage.exposure import match_histograms
+
+import metrics
+import translation
+from config import TrainConfig
+from data_processing import PreprocessCache, find_images, foreground_mask
+from errors import DataError
+from files import atomic_path
+
+log = logging.getLogger(__name__)
+
+# direction -> (input contrast, target contrast)
+DIRECTIONS: dict[str, tuple[str, str]] = {"t1_to_t2": ("t1", "t2"), "t2_to_t1": ("t2", "t1")}
+METHODS = ("model", "identity", "histogram_matching")
+# The keys of `EvaluationResult.summary()`, in order: e.g. columns of history.csv.
+SUMMARY_KEYS = (
+    *(f"{direction}_{name}" for direction in DIRECTIONS for name in metrics.METRIC_NAMES),
+    "mean_ssim",
+    "mean_masked_ssim",
+)
+# The histogram reference of a contrast: this many quantiles of its pooled head pixels.
+HISTOGRAM_LEVELS = 10_001
+# Enough slices for a stable histogram; more would only cost preprocessing time.
+MAX_REFERENCE_IMAGES = 200
+# A separate piece of foreground counts as head if it is at least this fraction of the
+# largest piece (the cerebellum and temporal lobes of a low slice), not a noise speck.
+HEAD_PART_FRACTION = 0.05
+
+
+class Generators(Protocol):
+    """Anything with the two generators, e.g. `mri_gan.CycleGan`: (B, H, W, 1) in [-1, 1]."""
+
+    t1_to_t2: Callable
+    t2_to_t1: Callable
+
+
+# ---------------------------------------------------------------------------- pairing
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Test files paired by file name, and those without a partner."""
+
+    pairs: tuple[tuple[Path, Path], ...]
+    unpaired_t1: tuple[Path, ...]
+    unpaired_t2: tuple[Path, ...]
+
+
+def _files_by_name(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in find_images(folder):
+        if path.name in files:
+            raise DataError(
+                f"two files named {path.name} under {folder} ({files[path.name]} and {path}): "
+                "test pairs are matched by file name, so names must be unique"
+            )
+        files[path.name] = path
+    return files
+
+
+def pair_files(test_dir_t1: Path, test_dir_t2: Path) -> Pairing:
+    """Pair the images of two folders (searched recursively) by identical file name.
+
+    A file without a partner is reported with a warning naming it and returned in
+    `unpaired_t1` / `unpaired_t2`. Raises DataError if a folder is missing or holds no
+    image, if a name occurs twice in one folder, or if there is no pair at all.
+    """
+    t1 = _files_by_name(Path(test_dir_t1))
+    t2 = _files_by_name(Path(test_dir_t2))
+    unpaired_t1 = tuple(t1[name] for name in sorted(t1.keys() - t2.keys()))
+    unpaired_t2 = tuple(t2[name] for name in sorted(t2.keys() - t1.keys()))
+    for unpaired, other in ((unpaired_t1, test_dir_t2), (unpaired_t2, test_dir_t1)):
+        for path in unpaired:
+            log.warning("warning: %s has no partner of that name in %s; not evaluated", path, other)
+    names = sorted(t1.keys() & t2.keys())
+    if not names:
+        raise DataError(
+            f"no pairs: no file name under {test_dir_t1} is also under {test_dir_t2} "
+            "(test pairs are matched by file name)"
+        )
+    return Pairing(tuple((t1[name], t2[name]) for name in names), unpaired_t1, unpaired_t2)
+
+
+# ---------------------------------------------------------------------- preprocessing
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """The head of a slice: bool (H, W) from an (H, W) image in [0, 1].
+
+    `data_processing.foreground_mask` (above 5 % of the bright end), opened with a 3x3
+    square to drop the noise specks of the air, the pieces of at least
+    `HEAD_PART_FRACTION` of the largest kept, holes filled (the dark skull and any dark
+    tissue inside the head count as head).
+    """
+    mask = ndimage.binary_opening(foreground_mask(image), structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.flatnonzero(sizes >= HEAD_PART_FRACTION * sizes.max()) + 1
+    return ndimage.binary_fill_holes(np.isin(labels, kept))
+
+
+def head_masks(images: np.ndarray) -> np.ndarray:
+    """`head_mask` of each of (N, H, W) images in [0, 1]: bool (N, H, W)."""
+    return np.stack([head_mask(image) for image in images])
+
+
+def _preprocessed(path: Path, cache: PreprocessCache) -> np.ndarray:
+    content = path.read_bytes()
+    if not content:
+        raise ValueError("empty file")
+    return cache.load_or_make(path, cache.key_of(content))
+
+
+def _preprocess_all(
+    paths: Sequence[Path], cache: PreprocessCache
+) -> list[np.ndarray | tuple[Path, str]]:
+    """Each path's preprocessed image, or (path, reason) if it cannot be used.
+
+    In threads: ANTs releases the GIL, and the cache is thread-safe.
+    """
+
+    def one(path: Path) -> np.ndarray | tuple[Path, str]:
+        try:
+            return _preprocessed(path, cache)
+        except OSError:
+            return (path, "unreadable file")
+        except ValueError as error:
+            return (path, str(error))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(one, paths))
+
+
+@dataclass(frozen=True)
+class PairedImages:
+    """The usable test pairs, preprocessed as in training.
+
+    `t1`, `t2`: float32 (N, H, W) in [0, 1], row i the same slice; `masks`: bool
+    (N, H, W), the union of the two heads; `names`: the N file names.
+    """
+
+    names: tuple[str, ...]
+    t1: np.ndarray
+    t2: np.ndarray
+    masks: np.ndarray
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def of(self, contrast: str) -> np.ndarray:
+        return {"t1": self.t1, "t2": self.t2}[contrast]
+
+
+def load_pairs(pairs: Iterable[tuple[Path, Path]], cache: PreprocessCache) -> PairedImages:
+    """Preprocess every pair once (from the cache when it can); skip unusable pairs.
+
+    A pair with an unreadable file is skipped with a warning naming the file.
+    Raises DataError if no pair is left.
+    """
+    pairs = list(pairs)
+    loaded = _preprocess_all([path for pair in pairs for path in pair], cache)
+    names, t1, t2, skipped = [], [], [], []
+    for index, (t1_path, _) in enumerate(pairs):
+        images = loaded[2 * index : 2 * index + 2]
+        problems = [item for item in images if isinstance(item, tuple)]
+        if problems:
+            for path, reason in problems:
+                log.warning("warning: skipped pair %s: %s: %s", t1_path.name, path, reason)
+                skipped.append((path, reason))
+            continue
+        names.append(t1_path.name)
+        t1.append(images[0])
+        t2.append(images[1])
+    if not names:
+        raise DataError("no usable test pair: every pair has a file that cannot be read")
+    t1_array, t2_array = np.stack(t1), np.stack(t2)
+    masks = head_masks(t1_array) | head_masks(t2_array)
+    return PairedImages(tuple(names), t1_array, t2_array, masks, tuple(skipped))
+
+
+# ------------------------------------------------------------------ histogram matching
+
+
+def build_histogram_reference(
+    data_dir: Path, cache: PreprocessCache, max_images: int = MAX_REFERENCE_IMAGES
+) -> np.ndarray:
+    """The pooled head histogram of a training folder: (HISTOGRAM_LEVELS,) quantiles in [0, 1].
+
+    Up to `max_images` images, evenly spread over the sorted file list, preprocessed as in
+    training (through `cache`), their `head_mask` pixels pooled. Unreadable files are
+    skipped with a warning. Raises DataError if the folder gives no head pixel.
+    """
+    paths = find_images(Path(data_dir))
+    if len(paths) > max_images:
+        chosen = np.linspace(0, len(paths) - 1, max_images).round().astype(int)
+        paths = [paths[index] for index in chosen]
+    pooled = []
+    for item in _preprocess_all(paths, cache):
+        if isinstance(item, tuple):
+            log.warning("warning: histogram reference: skipped %s: %s", *item)
+        else:
+            pooled.append(item[head_mask(item)])
+    values = np.concatenate(pooled) if pooled else np.empty(0, np.float32)
+    if values.size == 0:
+        raise DataError(f"training dir {data_dir} gives no head pixel for the histogram reference")
+    return np.quantile(values, np.linspace(0.0, 1.0, HISTOGRAM_LEVELS)).astype(np.float32)
+
+
+def build_histogram_references(
+    train_dir_t1: Path, train_dir_t2: Path, cache: PreprocessCache
+) -> dict[str, np.ndarray]:
+    """{"t1": ..., "t2": ...}: the `build_histogram_reference` of each training folder."""
+    return {
+        "t1": build_histogram_reference(train_dir_t1, cache),
+        "t2": build_histogram_reference(train_dir_t2, cache),
+    }
+
+
+def match_to_reference(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The histogram-matching baseline of one slice: float32 (H, W) in [0, 1].
+
+    The pixels of the input's own `head_mask` are mapped so that their histogram matches
+    `reference` (quantiles from `build_histogram_reference`); the air outside is left as it is
+    (dark in both contrasts). Only the input and the reference are used, never a target.
+    """
+    image = np.asarray(image, np.float32)
+    mask = head_mask(image)
+    matched = image.copy()
+    if mask.any():
+        matched[mask] = match_histograms(image[mask], np.asarray(reference, np.float32))
+    return matched
+
+
+# ----------------------------------------------------------------------- prediction
+
+
+def translate(generator: Callable, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Run a generator (inference mode) over (N, H, W) images in [0, 1], in batches.
+
+    Returns float32 (N, H, W) in [0, 1]: the tanh output mapped back from [-1, 1].
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size, ..., np.newaxis] * 2.0 - 1.0
+        output = generator(tf.constant(batch, tf.float32), training=False)
+        outputs.append((np.asarray(output)[..., 0] + 1.0) / 2.0)
+    return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
+
+
+def _predictions(
+    method: str,
+    direction: str,
+    inputs: np.ndarray,
+    model: Generators | None,
+    references: Mapping[str, np.ndarray] | None,
+    batch_size: int,
+) -> np.ndarray:
+    if method == "model":
+        return translate(getattr(model, direction), inputs, batch_size)
+    if method == "identity":
+        return inputs
+    target_contrast = DIRECTIONS[direction][1]
+    return np.stack([match_to_reference(image, references[target_contrast]) for image in inputs])
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Per-slice metrics of each direction and method.
+
+    `values[(direction, method)][metric]` is a float64 (N,) array in the order of
+    `names`; metrics are `metrics.METRIC_NAMES`, on [0, 1] images (PSNR in dB, capped
+    at `metrics.MAX_PSNR_DB`). `mask_fraction` (N,) is the share of each slice in the head.
+    """
+
+    names: tuple[str, ...]
+    values: dict[tuple[str, str], dict[str, np.ndarray]]
+    mask_fraction: np.ndarray
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        present = {method for _, method in self.values}
+        return tuple(method for method in METHODS if method in present)
+
+    def statistics(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """{direction: {method: {metric: {"mean": .., "std": ..}}}}, std over slices (ddof 0)."""
+        table: dict = {}
+        for (direction, method), values in self.values.items():
+            table.setdefault(direction, {})[method] = {
+                name: dict(zip(("mean", "std"), metrics.mean_and_std(values[name]), strict=True))
+                for name in metrics.METRIC_NAMES
+            }
+        return table
+
+    def summary(self, method: str = "model") -> dict[str, float]:
+        """A flat dict of the means of one method, for history.csv and model selection.
+
+        Keys `SUMMARY_KEYS`: `<direction>_<metric>` (e.g. `t1_to_t2_ssim`,
+        `t2_to_t1_masked_mae`), and `mean_ssim` / `mean_masked_ssim`, the SSIM averaged
+        over the two directions (NaN means are skipped).
+        """
+        flat = {}
+        for direction in DIRECTIONS:
+            values = self.values[(direction, method)]
+            for name in metrics.METRIC_NAMES:
+                flat[f"{direction}_{name}"] = metrics.mean_and_std(values[name])[0]
+        for name in ("ssim", "masked_ssim"):
+            flat[f"mean_{name}"] = metrics.mean_and_std([flat[f"{d}_{name}"] for d in DIRECTIONS])[
+                0
+            ]
+        return flat
+
+    def model_beats_histogram_matching(self) -> dict[str, dict[str, bool]]:
+        """{direction: {metric: does the model's mean beat histogram matching's?, "all": ..}}.
+
+        "all" is True only if the model wins on every metric: SSIM alone can be won by a
+        model that learned nothing, as histogram matching, a monotonic map, cannot invert
+        the contrast and scores a negative head SSIM. Empty if either method is missing.
+        """
+        if not {"model", "histogram_matching"} <= set(self.methods):
+            return {}
+        statistics = self.statistics()
+        verdict: dict[str, dict[str, bool]] = {}
+        for direction in DIRECTIONS:
+            model = statistics[direction]["model"]
+            baseline = statistics[direction]["histogram_matching"]
+            verdict[direction] = {
+                name: bool(
+                    model[name]["mean"] > baseline[name]["mean"]
+                    if metrics.HIGHER_IS_BETTER[name]
+                    else model[name]["mean"] < baseline[name]["mean"]
+                )
+                for name in metrics.METRIC_NAMES
+            }
+            verdict[direction]["all"] = all(verdict[direction].values())
+        return verdict
+
+    def ranked(self, direction: str, metric: str = "ssim", method: str = "model") -> list[int]:
+        """Slice indices from the worst to the best by `metric` (NaN counted as worst)."""
+        values = self.values[(direction, method)][metric]
+        sign = 1.0 if metrics.HIGHER_IS_BETTER[metric] else -1.0
+        return sorted(
+            range(len(values)), key=lambda i: np.nan_to_num(sign * values[i], nan=-np.inf)
+        )
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per slice, direction and method, with every metric: for metrics.csv."""
+        rows = []
+        for (direction, method), values in self.values.items():
+            for index, name in enumerate(self.names):
+                row: dict[str, object] = {"name": name, "direction": direction, "method": method}
+                row.update(
+                    {metric: float(values[metric][index]) for metric in metrics.METRIC_NAMES}
+                )
+                row["mask_fraction"] = float(self.mask_fraction[index])
+                rows.append(row)
+        return rows
+
+
+def evaluate_pairs(
+    model: Generators | None,
+    images: PairedImages,
+    histogram_references: Mapping[str, np.ndarray] | None = None,
+    baselines: bool = True,
+    batch_size: int = 16,
+) -> EvaluationResult:
+    """Score both directions of `model` (and the baselines) on preprocessed pairs.
+
+    `model`: both generators ((B, H, W, 1) in [-1, 1], tanh), run with training=False
+    in batches of `batch_size`; None to score only the baselines. `images`: from
+    `load_pairs`, preprocessed once and reusable across calls. `baselines`: also score
+    `identity`, and `histogram_matching` when `histogram_references` ({"t1": .., "t2": ..}
+    from `build_histogram_references`) is given. Training passes `baselines=False` each time:
+    the baselines do not change with the model.
+    """
+    methods = [
+        method
+        for method, wanted in (
+            ("model", model is not None),
+            ("identity", baselines),
+            ("histogram_matching", baselines and histogram_references is not None),
+        )
+        if wanted
+    ]
+    if not methods:
+        raise ValueError("nothing to evaluate: no model and no baseline")
+    values = {}
+    for direction, (source, target) in DIRECTIONS.items():
+        inputs, targets = images.of(source), images.of(target)
+        for method in methods:
+            # In chunks, so that a large test set never holds all predictions at once.
+            chunks = []
+            for start in range(0, len(inputs), batch_size):
+                part = slice(start, start + batch_size)
+                predicted = _predictions(
+                    method, direction, inputs[part], model, histogram_references, batch_size
+                )
+                chunks.append(metrics.slice_metrics(predicted, targets[part], images.masks[part]))
+            values[(direction, method)] = {
+                name: np.concatenate([chunk[name] for chunk in chunks])
+                for name in metrics.METRIC_NAMES
+            }
+    return EvaluationResult(images.names, values, images.masks.mean(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------- model loading
+
+
+@dataclass(frozen=True)
+class RestoredGenerators:
+    """The two generators of a training run, restored from a checkpoint."""
+
+    t1_to_t2: Callable
+    t2_to_t1: Callable
+    config: TrainConfig
+    checkpoint: str
+    epoch: int
+
+
+def load_generators(checkpoint_dir: Path) -> RestoredGenerators:
+    """Both generators of a training run, restored from its newest checkpoint.
+
+    `checkpoint_dir` is `<output_dir>/checkpoints` (or another folder of such checkpoints
+    beside config.json). Raises DataError naming the path if there is no checkpoint, or
+    it cannot be read, or it does not fit.
+    """
+    run = translation.restore_run(checkpoint_dir)
+    return RestoredGenerators(
+        run.model.t1_to_t2, run.model.t2_to_t1, run.config, run.checkpoint, run.epoch
+    )
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def write_metrics_csv(result: EvaluationResult, path: Path) -> None:
+    """metrics.csv: one row per slice, direction and method; metrics to 6 significant digits."""
+    columns = ["name", "direction", "method", *metrics.METRIC_NAMES, "mask_fraction"]
+
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        for row in result.rows():
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _json_safe(value):
+    """NaN and infinity become null: JSON has no spelling for them."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_document(result: EvaluationResult, **context) -> dict:
+    """The content of metrics.json: `context` (run, paths, ...) and the summary statistics."""
+    return _json_safe(
+        {
+            **context,
+            "n_pairs": len(result.names),
+            "psnr_cap_db": metrics.MAX_PSNR_DB,
+            "std": "population standard deviation over slices (ddof 0)",
+            "metrics": result.statistics(),
+            "model_beats_histogram_matching": result.model_beats_histogram_matching(),
+        }
+    )
+
+
+def write_json(document: dict, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def format_table(result: EvaluationResult) -> str:
+    """The mean ± std of every metric, one line per direction and method, and the verdicts."""
+    statistics = result.statistics()
+    headers = ["SSIM", "PSNR dB", "MAE", "head SSIM", "head PSNR", "head MAE"]
+    lines = [f"{'direction':<9} {'method':<18} " + " ".join(f"{h:>15}" for h in headers)]
+    for direction in DIRECTIONS:
+        for method in result.methods:
+            cells = []
+            for name in metrics.METRIC_NAMES:
+                value = statistics[direction][method][name]
+                digits = 2 if "psnr" in name else 3
+                cells.append(f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}")
+            lines.append(
+                f"{direction:<9} {method:<18} " + " ".join(f"{cell:>15}" for cell in cells)
+            )
+    for direction, verdicts in result.model_beats_histogram_matching().items():
+        answers = ", ".join(
+            f"{name} {'yes' if won else 'no'}" for name, won in verdicts.items() if name != "all"
+        )
+        overall = "yes" if verdicts["all"] else "no"
+        lines.append(f"{direction}: model beats histogram matching: {overall} ({answers})")
+    return "\n".join(lines)
+
+
+def plot_examples(
+    model: Generators, images: PairedImages, result: EvaluationResult, path: Path
+) -> None:
+    """examples.png: per direction, the best, median and worst slice by model SSIM.
+
+    Columns: input, prediction, target (grey, [0, 1]) and |prediction - target| (0 to
+    0.5, brighter is worse).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for direction, (source, target) in DIRECTIONS.items():
+        order = result.ranked(direction)
+        for label, index in (
+            ("best", order[-1]),
+            ("median", order[len(order) // 2]),
+            ("worst", order[0]),
+        ):
+            rows.append((direction, label, index, source, target))
+    figure, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    for row, (direction, label, index, source, target) in enumerate(rows):
+        inputs = images.of(source)[index]
+        prediction = translate(getattr(model, direction), images.of(source)[index : index + 1])[0]
+        expected = images.of(target)[index]
+        score = result.values[(direction, "model")]["ssim"][index]
+        panels = (
+            (inputs, f"{source.upper()} input", "gray", 1.0),
+            (prediction, f"{direction} prediction", "gray", 1.0),
+            (expected, f"{target.upper()} target", "gray", 1.0),
+            (np.abs(prediction - expected), "|error|", "magma", 0.5),
+        )
+        for column, (image, title, colormap, top) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(image, cmap=colormap, vmin=0.0, vmax=top)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(f"{label}: {images.names[index]}\nSSIM {score:.3f}", fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
+    plt.close(figure)

@@ -1,0 +1,36 @@
+"""Writing files so that a crash, a full disk or a kill never leaves one half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write to, renamed to `path` when the block ends.
+
+    If the block raises, the temporary file (or folder) is removed and `path` is left as
+    it was. The temporary name keeps `path`'s suffix, since writers choose formats by it,
+    and names the process and thread, so parallel writers never share one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    owner = f"{os.getpid()}-{threading.get_ident()}"
+    temporary = path.with_name(f".{path.name}.{owner}.tmp{'' if directory else suffix}")
+    if directory:
+        temporary.mkdir()
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+        raise

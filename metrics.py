@@ -1,0 +1,145 @@
+"""Image-quality metrics of a translation against its paired target: SSIM, PSNR and MAE.
+
+Pure functions on images in [0, 1] (max_val = 1) of shape (..., H, W): one image (H, W)
+or a stack (N, H, W); each returns one value per image, shape (...). Every metric comes
+in a whole-slice form and a masked form (`mask`: bool, same shape), which uses only
+the pixels inside the mask, so the air around the head does not flatter the score.
+
+- MAE: mean |prediction - target|, in [0, 1]; lower is better.
+- PSNR: 10 log10(1 / MSE) dB; higher is better. Identical images have MSE 0 and an
+  infinite PSNR; it is capped at `MAX_PSNR_DB` = 100 dB (an MSE of 1e-10), so that means
+  over slices stay finite.
+- SSIM: `tf.image.ssim` (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, k1 = 0.01,
+  k2 = 0.03), in [-1, 1]; higher is better. Masked SSIM averages the local SSIM map over
+  the windows whose centre pixel is inside the mask.
+
+A masked metric of an empty mask is NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+MAX_PSNR_DB = 100.0
+SSIM_FILTER_SIZE = 11
+# The SSIM map has one value per 11x11 window that fits in the image ('VALID'):
+# map[i, j] belongs to the window centred on image pixel (i + 5, j + 5).
+SSIM_MARGIN = SSIM_FILTER_SIZE // 2
+
+METRIC_NAMES = ("ssim", "psnr", "mae", "masked_ssim", "masked_psnr", "masked_mae")
+HIGHER_IS_BETTER = {name: not name.endswith("mae") for name in METRIC_NAMES}
+
+
+def _as_pair(prediction, target) -> tuple[np.ndarray, np.ndarray]:
+    prediction = np.asarray(prediction, np.float32)
+    target = np.asarray(target, np.float32)
+    if prediction.shape != target.shape or prediction.ndim < 2:
+        raise ValueError(
+            f"prediction {prediction.shape} and target {target.shape} must be (..., H, W) alike"
+        )
+    return prediction, target
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Mean of (..., H, W) `values` over H and W, or over the True pixels of `mask` only."""
+    if mask is None:
+        return values.mean(axis=(-2, -1))
+    mask = np.broadcast_to(np.asarray(mask, bool), values.shape)
+    count = mask.sum(axis=(-2, -1))
+    total = np.where(mask, values, 0.0).sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def mae(prediction, target, mask=None) -> np.ndarray:
+    """Mean absolute error per image, over all pixels or those in `mask`.
+
+    prediction, target: (..., H, W) in [0, 1]; mask: bool (..., H, W) or None.
+    Returns (...) float64 in [0, 1]; NaN where the mask is empty.
+    """
+    prediction, target = _as_pair(prediction, target)
+    error = np.abs(prediction.astype(np.float64) - target)
+    return _masked_mean(error, mask)
+
+
+def psnr(prediction, target, mask=None) -> np.ndarray:
+    """Peak signal-to-noise ratio per image with max_val 1, in dB, capped at 100 dB.
+
+    The same value as `tf.image.psnr(..., max_val=1.0)` wherever that is finite; over
+    `mask`, the MSE is that of the masked pixels. prediction, target: (..., H, W) in
+    [0, 1]; mask: bool (..., H, W) or None. Returns (...) float64 in (-inf, 100];
+    NaN where the mask is empty.
+    """
+    prediction, target = _as_pair(prediction, target)
+    squared_error = np.square(prediction.astype(np.float64) - target)
+    mse = _masked_mean(squared_error, mask)
+    floor = 10.0 ** (-MAX_PSNR_DB / 10.0)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(mse), np.nan, -10.0 * np.log10(np.maximum(mse, floor)))
+
+
+def ssim_map(prediction, target) -> np.ndarray:
+    """The local SSIM of each 11x11 window that fits in the image, via `tf.image.ssim`.
+
+    prediction, target: (..., H, W) in [0, 1], H and W at least 11. Returns float32
+    (..., H - 10, W - 10) in [-1, 1]; entry [i, j] is the window centred on image pixel
+    (i + 5, j + 5). Its mean over the last two axes is `tf.image.ssim(..., max_val=1.0)`.
+    """
+    prediction, target = _as_pair(prediction, target)
+    height, width = prediction.shape[-2:]
+    if min(height, width) < SSIM_FILTER_SIZE:
+        raise ValueError(
+            f"SSIM needs images of at least {SSIM_FILTER_SIZE} px, got {height}x{width}"
+        )
+    batch = (-1, height, width, 1)
+    local = tf.image.ssim(
+        prediction.reshape(batch), target.reshape(batch), max_val=1.0, return_index_map=True
+    )
+    lead = prediction.shape[:-2]
+    return local.numpy().reshape(*lead, height - 2 * SSIM_MARGIN, width - 2 * SSIM_MARGIN)
+
+
+def window_centre_mask(mask: np.ndarray) -> np.ndarray:
+    """Crop a (..., H, W) pixel mask to the (..., H - 10, W - 10) grid of the SSIM map."""
+    return np.asarray(mask, bool)[..., SSIM_MARGIN:-SSIM_MARGIN, SSIM_MARGIN:-SSIM_MARGIN]
+
+
+def ssim(prediction, target, mask=None) -> np.ndarray:
+    """SSIM per image: the mean of `ssim_map`, or its mean over windows centred in `mask`.
+
+    prediction, target: (..., H, W) in [0, 1]; mask: bool (..., H, W) or None.
+    Returns (...) float64 in [-1, 1]; NaN where no window centre is in the mask.
+    """
+    local = ssim_map(prediction, target).astype(np.float64)
+    return _masked_mean(local, None if mask is None else window_centre_mask(mask))
+
+
+def slice_metrics(prediction, target, mask) -> dict[str, np.ndarray]:
+    """All of `METRIC_NAMES` for each image, the SSIM map computed once.
+
+    prediction, target: (N, H, W) in [0, 1]; mask: bool (N, H, W), the head.
+    Returns {metric name: (N,) float64}.
+    """
+    prediction, target = _as_pair(prediction, target)
+    local = ssim_map(prediction, target).astype(np.float64)
+    return {
+        "ssim": _masked_mean(local, None),
+        "psnr": psnr(prediction, target),
+        "mae": mae(prediction, target),
+        "masked_ssim": _masked_mean(local, window_centre_mask(mask)),
+        "masked_psnr": psnr(prediction, target, mask),
+        "masked_mae": mae(prediction, target, mask),
+    }
+
+
+def mean_and_std(values) -> tuple[float, float]:
+    """Mean and standard deviation (population, ddof 0) over slices, ignoring NaN.
+
+    Both are NaN if there is no finite value.
+    """
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std())
