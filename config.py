@@ -47,6 +47,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     n4: bool = True
     num_samples: int = 3
+    test_dir_t1: Path | None = None
+    test_dir_t2: Path | None = None
+    eval_every: int = 1
     max_nonfinite: int = 10
     verbose: int = 1
 
@@ -63,8 +66,37 @@ class TrainConfig:
     def checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
 
+    @property
+    def best_checkpoint_dir(self) -> Path:
+        """The generators with the best mean test SSIM; checkpoint rotation never reaches it."""
+        return self.checkpoint_dir / "best"
+
+    @property
+    def resolved_test_dirs(self) -> tuple[Path, Path] | None:
+        """The paired test set to score during training: `--test_dir_t1/--test_dir_t2`,
+        or the demo's when training on the demo data, or None."""
+        if self.test_dir_t1 is not None and self.test_dir_t2 is not None:
+            return (self.test_dir_t1, self.test_dir_t2)
+        on_demo = (self.data_dir_t1, self.data_dir_t2) == (
+            default_of("data_dir_t1"),
+            default_of("data_dir_t2"),
+        )
+        if on_demo and all(folder.is_dir() for folder in DEMO_TEST_DIRS):
+            return DEMO_TEST_DIRS
+        return None
+
 
 CONFIG_FILE_NAME = "config.json"
+PATH_FIELDS = (
+    "data_dir_t1",
+    "data_dir_t2",
+    "output_dir",
+    "cache_dir",
+    "test_dir_t1",
+    "test_dir_t2",
+)
+# The paired test set shipped with the demo data, scored during training on the demo data.
+DEMO_TEST_DIRS = (Path("dataset/Test/T1"), Path("dataset/Test/T2"))
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
@@ -83,7 +115,7 @@ def load_config(path: Path) -> TrainConfig:
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     known = {name: value for name, value in values.items() if name in fields}
     for name, value in known.items():
-        if value is not None and name in ("data_dir_t1", "data_dir_t2", "output_dir", "cache_dir"):
+        if value is not None and name in PATH_FIELDS:
             known[name] = Path(value)
     return TrainConfig(**known)
 

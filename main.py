@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("keep_checkpoints", "how many recent checkpoints to keep", type=positive_int)
     add("num_samples", "sample images per contrast in the per-epoch figures", type=positive_int)
     add(
+        "test_dir_t1",
+        "paired T1 test slices (same file names as in --test_dir_t2) scored during training; "
+        "default: the demo's dataset/Test/T1 when training on the demo data",
+        type=Path,
+    )
+    add("test_dir_t2", "paired T2 test slices, see --test_dir_t1", type=Path)
+    add(
+        "eval_every",
+        "score the test pairs every N epochs and after the last (0: never)",
+        type=non_negative_int,
+    )
+    add(
         "max_nonfinite",
         "stop after more than N steps with a NaN or Inf loss (each such step is skipped)",
         type=non_negative_int,
@@ -141,6 +153,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     problem = image_size_problem(args.img_height, args.img_width)
     if problem:
         parser.error(problem)
+    if (args.test_dir_t1 is None) != (args.test_dir_t2 is None):
+        parser.error("--test_dir_t1 and --test_dir_t2 go together")
     return TrainConfig(**vars(args))
 
 

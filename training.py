@@ -8,7 +8,9 @@ figures, `history.csv`, `loss_curves.png` and `training.gif` under `config.outpu
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import shutil
 import signal
 import sys
@@ -21,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import evaluation
 import plotting
 import translation
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
@@ -263,7 +266,8 @@ class EpochEndCallback(keras.callbacks.Callback):
 
 
 class HistoryCsv(EpochEndCallback):
-    """One row per epoch in `history.csv`: the epoch, each mean loss and the seconds taken.
+    """One row per epoch in `history.csv`: the epoch, each mean loss (and any other
+    `columns` in the epoch's logs, e.g. test metrics) and the seconds taken.
 
     The file is rewritten whole through a temporary file at each epoch, so it never
     ends with a half-written row; on resume, rows past the restored epoch are dropped.
@@ -273,12 +277,12 @@ class HistoryCsv(EpochEndCallback):
         self,
         interruption: Interruption,
         path: Path,
-        loss_names: tuple[str, ...],
+        columns: tuple[str, ...],
         restored_epoch: int,
     ) -> None:
         super().__init__(interruption)
         self.path = path
-        self.columns = ("epoch", *loss_names, "seconds")
+        self.columns = ("epoch", *columns, "seconds")
         self.rows = [row for row in self._read() if int(row["epoch"]) <= restored_epoch]
         self._started = 0.0
 
@@ -317,6 +321,77 @@ class EpochCheckpoint(EpochEndCallback):
             self.checkpoints.save(epoch)
 
 
+class PairedEvaluation(EpochEndCallback):
+    """Score the paired test set every `every` epochs and after the last; keep the best.
+
+    The means (`t1_to_t2_ssim`, …, `mean_ssim`) go into the epoch's logs, where the
+    history CSV and TensorBoard pick them up. The generators with the best mean SSIM
+    so far are saved in `best_dir` with `best.json`; checkpoint rotation never touches it.
+    """
+
+    def __init__(
+        self,
+        interruption: Interruption,
+        images: evaluation.PairedImages,
+        every: int,
+        last_epoch: int,
+        model: CycleGan,
+        best_dir: Path,
+    ) -> None:
+        super().__init__(interruption)
+        self.images = images
+        self.every = every
+        self.last_epoch = last_epoch
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        # Generators only, under make_checkpoint's names, so evaluate.py and translate.py
+        # read it as they read a training checkpoint.
+        generators = {network.name: network for network in model.generators}
+        checkpoint = tf.train.Checkpoint(epoch=self.epoch, **generators)
+        self.manager = tf.train.CheckpointManager(checkpoint, str(best_dir), max_to_keep=1)
+        self.best_file = best_dir / "best.json"
+        self.best = (
+            json.loads(self.best_file.read_text())["mean_ssim"]
+            if self.best_file.is_file()
+            else -math.inf
+        )
+
+    def epoch_done(self, epoch: int, logs: dict) -> None:
+        if epoch % self.every and epoch != self.last_epoch:
+            return
+        summary = evaluation.evaluate_pairs(self.model, self.images, baselines=False).summary()
+        logs.update(summary)
+        improved = summary["mean_ssim"] > self.best
+        log.info(
+            "Epoch %d, %d test pairs: SSIM T1->T2 %.4f, T2->T1 %.4f, mean %.4f%s",
+            epoch,
+            len(self.images.names),
+            summary["t1_to_t2_ssim"],
+            summary["t2_to_t1_ssim"],
+            summary["mean_ssim"],
+            " (best so far)" if improved else f" (best {self.best:.4f})",
+        )
+        if improved:
+            self.best = summary["mean_ssim"]
+            self.epoch.assign(epoch)
+            path = self.manager.save(checkpoint_number=epoch)
+            with atomic_path(self.best_file) as temporary:
+                temporary.write_text(
+                    json.dumps({"epoch": epoch, "checkpoint": path, **summary}, indent=2) + "\n"
+                )
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Put the learning rate into each epoch's logs, for the history and TensorBoard."""
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer) -> None:
+        super().__init__()
+        self.optimizer = optimizer
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+
 class EpochFigure(EpochEndCallback):
     """Draw the fixed sample images and their translations after each epoch."""
 
@@ -327,8 +402,14 @@ class EpochFigure(EpochEndCallback):
         t2: np.ndarray,
         epochs_dir: Path,
         total_epochs: int,
+        tensorboard_dir: Path | None = None,
     ) -> None:
         super().__init__(interruption)
+        self.writer = (
+            tf.summary.create_file_writer(str(tensorboard_dir / "images"))
+            if tensorboard_dir is not None
+            else None
+        )
         self.t1 = t1
         self.t2 = t2
         self.epochs_dir = epochs_dir
@@ -345,6 +426,12 @@ class EpochFigure(EpochEndCallback):
             epoch_figure_path(self.epochs_dir, epoch),
             title=f"Epoch {epoch} of {self.total_epochs}",
         )
+        if self.writer is not None:
+            figure = tf.io.decode_png(
+                tf.io.read_file(str(epoch_figure_path(self.epochs_dir, epoch)))
+            )
+            with self.writer.as_default():
+                tf.summary.image("translations", figure[tf.newaxis], step=epoch)
 
 
 def epoch_figure_path(epochs_dir: Path, epoch: int) -> Path:
@@ -417,12 +504,41 @@ def train(config: TrainConfig) -> TrainResult:
 
     interruption = Interruption()
     guard = NonFiniteGuard(config.max_nonfinite)
+    tensorboard_dir = config.output_dir / "tensorboard"
+    # Callbacks that add to an epoch's logs come before those that write them.
+    scoring, columns = [], (*model.loss_names, "learning_rate")
+    test_dirs = config.resolved_test_dirs
+    if config.eval_every and test_dirs:
+        pairing = evaluation.pair_files(*test_dirs)
+        test_images = evaluation.load_pairs(pairing.pairs, data.cache)
+        best_dir = config.best_checkpoint_dir
+        scoring = [
+            PairedEvaluation(
+                interruption, test_images, config.eval_every, config.epochs, model, best_dir
+            )
+        ]
+        columns = (*columns, *evaluation.SUMMARY_KEYS)
+    elif config.eval_every:
+        log.info(
+            "No paired test set: give --test_dir_t1/--test_dir_t2 to score the model "
+            "during training."
+        )
     callbacks = [
         StopOnSignal(interruption),
         guard,
-        HistoryCsv(interruption, config.output_dir / "history.csv", model.loss_names, start_epoch),
+        LearningRateLog(model.network_optimizers[model.t1_to_t2.name]),
+        *scoring,
+        HistoryCsv(interruption, config.output_dir / "history.csv", columns, start_epoch),
+        keras.callbacks.TensorBoard(
+            str(tensorboard_dir), write_graph=False, profile_batch=0, update_freq="epoch"
+        ),
         EpochFigure(
-            interruption, samples_t1, samples_t2, config.output_dir / "epochs", config.epochs
+            interruption,
+            samples_t1,
+            samples_t2,
+            config.output_dir / "epochs",
+            config.epochs,
+            tensorboard_dir,
         ),
         EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs),
     ]

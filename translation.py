@@ -211,7 +211,15 @@ def restore_run(checkpoint_dir: Path) -> RestoredRun:
             else ""
         )
         raise DataError(f"checkpoint dir {checkpoint_dir} holds no checkpoint{hint}")
-    config_path = checkpoint_dir.parent / CONFIG_FILE_NAME
+    # config.json is beside `checkpoints/`, or one level up for `checkpoints/best/`.
+    config_path = next(
+        (
+            folder / CONFIG_FILE_NAME
+            for folder in (checkpoint_dir.parent, checkpoint_dir.parent.parent)
+            if (folder / CONFIG_FILE_NAME).is_file()
+        ),
+        checkpoint_dir.parent / CONFIG_FILE_NAME,
+    )
     if not config_path.is_file():
         raise DataError(
             f"no {config_path} beside checkpoint dir {checkpoint_dir}: "

@@ -22,7 +22,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     """Best fp32 GFLOP/s of a size x size matmul on TensorFlow's default device."""
     import tensorflow as tf
 

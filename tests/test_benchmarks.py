@@ -73,3 +73,12 @@ def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
     assert summary["images"] == 8 and summary["images_preprocessed"] == 8
     assert summary["preprocess_images_per_s"] > 0
     assert 0 <= summary["later_wait_fraction"] < 1
+
+
+def test_translate_volume_benchmark_prints_its_summary():
+    summary = run_module(
+        "benchmarks.translate_volume", "--size", "32", "--slices", "4", "--batch", "2"
+    )
+    for key in ("forward_slices_per_s", "volume_slices_per_s_no_n4", "volume_slices_per_s_n4"):
+        assert summary[key] > 0, key
+    assert summary["slices"] == 4

@@ -21,3 +21,15 @@ def test_load_config_ignores_unknown_keys_and_defaults_missing_ones(tmp_path):
     config = load_config(tmp_path / "config.json")
     assert config.img_height == 128 and config.img_width == 256
     assert config.data_dir_t1 == Path("dataset/Tr1")
+
+
+def test_training_on_the_demo_data_scores_the_demo_test_set(monkeypatch):
+    from config import DEMO_TEST_DIRS
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    assert TrainConfig().resolved_test_dirs == DEMO_TEST_DIRS
+    other = TrainConfig(data_dir_t1=Path("mine/T1"), data_dir_t2=Path("mine/T2"))
+    assert other.resolved_test_dirs is None
+    chosen = TrainConfig(test_dir_t1=Path("a"), test_dir_t2=Path("b"))
+    assert chosen.resolved_test_dirs == (Path("a"), Path("b"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 from config import load_config
 from main import parse_config
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import REPO, tiny_run_args, write_png_folder
 
 
 def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -143,3 +144,53 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
     assert third.returncode == 0, third.stderr
     assert "Training already finished: 3 of 3 epochs done" in third.stdout + third.stderr
     assert [row["epoch"] for row in history_rows(output)] == ["1", "2", "3"]
+
+
+def test_scoring_during_training_keeps_the_best_generators(tmp_path, tiny_dataset):
+    t1, t2 = tiny_dataset
+    test_t1, test_t2 = tmp_path / "Test" / "T1", tmp_path / "Test" / "T2"
+    write_png_folder(test_t1, 3, 40, 200, seed=7)
+    write_png_folder(test_t2, 3, 40, 120, seed=7)
+    output = tmp_path / "run"
+    common = tiny_run_args(t1, t2, output)
+    scoring = ["--test_dir_t1", str(test_t1), "--test_dir_t2", str(test_t2), "--eval_every", "1"]
+
+    result = run_main(*common, *scoring, "--epochs", "2")
+
+    assert result.returncode == 0, result.stderr
+    rows = history_rows(output)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for row in rows:
+        assert 0 < float(row["learning_rate"]) and -1 <= float(row["mean_ssim"]) <= 1
+        assert float(row["t1_to_t2_psnr"]) > 0 and float(row["t2_to_t1_mae"]) >= 0
+    best = json.loads((output / "checkpoints" / "best" / "best.json").read_text())
+    # history.csv keeps 6 significant digits.
+    assert best["mean_ssim"] == pytest.approx(
+        max(float(row["mean_ssim"]) for row in rows), abs=1e-5
+    )
+    assert str(best["epoch"]) == max(rows, key=lambda row: float(row["mean_ssim"]))["epoch"]
+    assert list((output / "tensorboard").rglob("events.out.tfevents.*"))
+
+    scored = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "evaluate.py"),
+            "--checkpoint_dir",
+            str(output / "checkpoints" / "best"),
+            "--test_dir_t1",
+            str(test_t1),
+            "--test_dir_t2",
+            str(test_t2),
+            "--output_dir",
+            str(tmp_path / "evaluation"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert scored.returncode == 0, scored.stderr
+    summary = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert summary["metrics"]["t1_to_t2"]["model"]["ssim"]["mean"] == pytest.approx(
+        float(best["t1_to_t2_ssim"]), abs=1e-4
+    )
