@@ -56,22 +56,40 @@ def read_history(csv_path: Path) -> dict[str, list[float]]:
     return {name: [float(row[name] or "nan") for row in rows] for name in rows[0]}
 
 
+# The test metrics drawn beside the losses when the history has them.
+METRIC_CURVES = ("t1_to_t2_ssim", "t2_to_t1_ssim", "t1_to_t2_masked_ssim", "t2_to_t1_masked_ssim")
+
+
 def plot_loss_curves(csv_path: Path, path: Path) -> None:
-    """Plot every loss column of the history CSV against the epoch."""
+    """Plot every loss column of the history CSV against the epoch, and the test SSIM
+    (whole slice and head) when the history has it."""
     history = read_history(csv_path)
     if not history:
         return
-    epochs = history["epoch"]
-    figure, (generator_axis, critic_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    epochs = np.array(history["epoch"])
+    metrics = [name for name in METRIC_CURVES if name in history]
+    panels = 3 if metrics else 2
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+    generator_axis, critic_axis = axes[0], axes[1]
     for name, values in history.items():
         if name.endswith("critic_loss"):
             critic_axis.plot(epochs, values, marker=".", label=name)
         elif name.endswith(("_loss", "_adversarial")):
             generator_axis.plot(epochs, values, marker=".", label=name)
-    for axis, title in ((generator_axis, "Generators"), (critic_axis, "Discriminators")):
+    titled = [
+        (generator_axis, "Generators", "mean loss"),
+        (critic_axis, "Discriminators", "mean loss"),
+    ]
+    if metrics:
+        for name in metrics:
+            values = np.array(history[name])
+            scored = np.isfinite(values)  # epochs without a test score are skipped
+            axes[2].plot(epochs[scored], values[scored], marker="o", label=name)
+        titled.append((axes[2], "Paired test set", "SSIM"))
+    for axis, title, label in titled:
         axis.set_title(title)
         axis.set_xlabel("epoch")
-        axis.set_ylabel("mean loss")
+        axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     figure.tight_layout()

@@ -40,3 +40,20 @@ def test_loss_curves_and_gif_from_history(tmp_path):
         assert curves.width > 500
     with Image.open(tmp_path / "training.gif") as gif:
         assert gif.n_frames == 3 and gif.size == (20, 10)
+
+
+def test_loss_curves_add_a_test_ssim_panel_when_the_history_has_scores(tmp_path):
+    losses_only = tmp_path / "losses.csv"
+    losses_only.write_text("epoch,generator_loss,seconds\n1,9.0,3.0\n2,7.5,2.9\n")
+    scored = tmp_path / "scored.csv"
+    # Epoch 1 was not scored: its cells are empty.
+    scored.write_text(
+        "epoch,generator_loss,t1_to_t2_ssim,t2_to_t1_ssim,seconds\n1,9.0,,,3.0\n2,7.5,0.4,0.5,2.9\n"
+    )
+    assert plotting.read_history(scored)["t1_to_t2_ssim"][1] == 0.4
+
+    plotting.plot_loss_curves(losses_only, tmp_path / "two.png")
+    plotting.plot_loss_curves(scored, tmp_path / "three.png")
+
+    with Image.open(tmp_path / "two.png") as two, Image.open(tmp_path / "three.png") as three:
+        assert three.width > two.width * 1.3
