@@ -6,6 +6,7 @@ builds it from the command line and every other module receives it explicitly.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -123,6 +124,30 @@ def load_config(path: Path) -> TrainConfig:
 def default_of(name: str):
     """The default value of the `TrainConfig` field `name`."""
     return {field.name: field.default for field in dataclasses.fields(TrainConfig)}[name]
+
+
+def number_parser(kind: type, minimum: float, inclusive: bool, description: str):
+    """An argparse `type` that reads a `kind` (int or float) of at least `minimum`
+    (or above it, when not `inclusive`); anything else is refused with `description`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        # Written so that NaN, which compares false to everything, is refused too.
+        if value is None or not (value >= minimum if inclusive else value > minimum):
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = number_parser(int, 1, True, "a positive integer")
+non_negative_int = number_parser(int, 0, True, "zero or a positive integer")
+positive_float = number_parser(float, 0.0, False, "a positive number")
+non_negative_float = number_parser(float, 0.0, True, "zero or positive")
 
 
 def image_size_problem(height: int, width: int) -> str | None:

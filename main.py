@@ -14,38 +14,19 @@ import os
 import sys
 from pathlib import Path
 
-from config import TrainConfig, default_of, image_size_problem
+from config import (
+    TrainConfig,
+    default_of,
+    image_size_problem,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from errors import DataError
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +158,6 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"output dir {config.output_dir} is not a directory")
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
-    from errors import DataError
     from training import RunFailed, train
 
     try:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import layers
 
 import loss
-from config import unet_levels
+from config import TrainConfig, unet_levels
 
 # pix2pix initialises weights from N(0, 0.02).
 WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
@@ -273,3 +273,16 @@ class CycleGan(keras.Model):
             self.loss_trackers[name].update_state(tf.where(finite, value, 0.0), weight)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         return {**logs, "skipped_steps": self.skipped_steps.value}
+
+
+def make_cyclegan(config: TrainConfig) -> CycleGan:
+    """The (uncompiled) CycleGAN that `config` describes."""
+    return CycleGan(
+        config.img_height,
+        config.img_width,
+        gan_loss=config.gan_loss,
+        lambda_cycle=config.lambda_cycle,
+        lambda_identity=config.lambda_identity,
+        generator_filters=config.generator_filters,
+        critic_filters=config.critic_filters,
+    )

@@ -30,7 +30,7 @@ from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import TrainingData, make_training_data, sample_images
 from errors import DataError, first_line
 from files import atomic_path
-from mri_gan import CycleGan
+from mri_gan import CycleGan, make_cyclegan
 
 log = logging.getLogger(__name__)
 
@@ -452,15 +452,7 @@ def write_summary_figures(config: TrainConfig, last_epoch: int) -> None:
 
 def build_model(config: TrainConfig) -> CycleGan:
     """The CycleGAN with its four optimizers, compiled for `fit`."""
-    model = CycleGan(
-        config.img_height,
-        config.img_width,
-        gan_loss=config.gan_loss,
-        lambda_cycle=config.lambda_cycle,
-        lambda_identity=config.lambda_identity,
-        generator_filters=config.generator_filters,
-        critic_filters=config.critic_filters,
-    )
+    model = make_cyclegan(config)
     model.compile(make_optimizers(model, config), jit_compile=False)
     return model
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from errors import first_line
+from config import positive_int
+from errors import DataError, first_line
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,13 +73,6 @@ exit codes: 0 done; 2 bad arguments or unusable input; 1 a failed read or write;
 interrupted. Files are written under a temporary name and renamed when complete, so
 nothing half-written is ever left at an output path.
 """
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,9 +297,6 @@ def main(argv: list[str] | None = None) -> None:
     target = output_target(parser, args, kind)
     check_before_tensorflow(args, kind)
 
-    # Imported here so that --help and argument errors answer without loading TensorFlow.
-    from errors import DataError
-
     try:
         translate(args, kind, target)
     except DataError as error:
@@ -383,8 +374,6 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from errors import DataError
-
     try:
         import translation
 

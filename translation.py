@@ -47,7 +47,7 @@ from errors import DataError, first_line
 from files import atomic_path
 
 # Importing mri_gan registers InstanceNormalization, so `.keras` files load in safe mode.
-from mri_gan import CycleGan
+from mri_gan import CycleGan, make_cyclegan
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +234,7 @@ def restore_run(checkpoint_dir: Path) -> RestoredRun:
         raise DataError(f"{config_path}: {problem}")
     # Not training.build_model: its optimizers would allocate Adam slots (about 0.9 GB
     # at 256 px) that translation never uses.
-    model = CycleGan(
-        config.img_height,
-        config.img_width,
-        gan_loss=config.gan_loss,
-        generator_filters=config.generator_filters,
-        critic_filters=config.critic_filters,
-    )
+    model = make_cyclegan(config)
     does_not_fit = (
         f"checkpoint {latest} does not fit the {config.img_height}x{config.img_width} "
         f"model that {config_path} describes"
