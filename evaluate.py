@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from config import positive_int
+
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -87,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="preprocessing cache (default: the run's, so training images are not redone)",
     )
     parser.add_argument(
-        "--batch_size", type=int, default=16, help="slices per generator call (default: 16)"
+        "--batch_size",
+        type=positive_int,
+        default=16,
+        help="slices per generator call (default: 16)",
     )
     return parser
 
@@ -107,14 +112,13 @@ def check_paths(args: argparse.Namespace) -> None:
             fail(f"--{flag} {path} is not a directory")
     if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
         fail(f"--output_dir {args.output_dir} is not a directory")
-    if args.batch_size < 1:
-        fail(f"--batch_size must be a positive integer, got {args.batch_size}")
 
 
 def evaluate(args: argparse.Namespace) -> None:
     """The whole job; raises DataError for input it cannot use."""
     import evaluation
-    from data_processing import DataError, PreprocessCache
+    from data_processing import PreprocessCache
+    from errors import DataError
 
     run_dir = args.checkpoint_dir.parent
     restored = evaluation.load_generators(args.checkpoint_dir)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_paths(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from data_processing import DataError
+    from errors import DataError
 
     try:
         evaluate(args)

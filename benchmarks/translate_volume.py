@@ -25,9 +25,7 @@ def head_volume(size: int, slices: int):
     import nibabel as nib
     import numpy as np
 
-    x, y, z = np.meshgrid(
-        *(np.linspace(-1, 1, n) for n in (size, size, slices)), indexing="ij"
-    )
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (size, size, slices)), indexing="ij")
     radius = np.sqrt((x / 0.75) ** 2 + (y / 0.9) ** 2 + (z / 1.6) ** 2)
     head = np.where(radius < 1, 600.0, 0.0) * np.where(radius < 0.6, 0.6, 1.0) * (1 + 0.3 * x)
     noise = np.random.default_rng(0).normal(0, 10, head.shape) * (radius < 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from config import TrainConfig
-from data_processing import DataError
+from errors import DataError
 from tests.conftest import SMALL_NETWORKS
 from training import RunCheckpoints, build_model
 

@@ -22,7 +22,8 @@ import tensorflow as tf
 import evaluation
 import metrics
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
-from data_processing import DataError, PreprocessCache
+from data_processing import PreprocessCache
+from errors import DataError
 from tests.conftest import REPO, write_png_folder
 from training import build_model, make_checkpoint
 

@@ -27,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 import translation
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
-from data_processing import DataError
+from errors import DataError
 from mri_gan import CycleGan
 from tests.conftest import REPO
 from training import build_model, make_checkpoint
