@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from config import (
@@ -151,11 +152,29 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (made if missing), or None if they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if config.output_dir.exists() and not config.output_dir.is_dir():
         fail(f"output dir {config.output_dir} is not a directory")
+    for folder, flag in (
+        (config.output_dir, "output dir"),
+        (config.resolved_cache_dir, "cache dir"),
+    ):
+        problem = writable_problem(folder)
+        if problem:
+            fail(f"{flag} {folder} cannot be written: {problem}")
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
     from training import RunFailed, train

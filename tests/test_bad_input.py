@@ -1,0 +1,152 @@
+"""What a data folder may hold, and what becomes of each: used, or skipped with a reason.
+
+Every file here is made by the test. Outcomes: a usable image gives a finite
+preprocessed slice in [0, 1]; an unusable one is skipped with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data_processing as dp
+from config import TrainConfig
+from tests.conftest import head_slice, write_png_folder
+from tests.test_main import run_main
+
+
+def cache_in(tmp_path, **settings) -> dp.PreprocessCache:
+    config = TrainConfig(img_height=32, img_width=32, output_dir=tmp_path / "out", **settings)
+    return dp.PreprocessCache(tmp_path / "cache", config)
+
+
+def usable_slice(cache: dp.PreprocessCache, folder) -> np.ndarray:
+    """The one usable image of `folder`, preprocessed through the cache."""
+    [entry] = dp.scan_images(folder, cache).entries
+    return cache.load_or_make(entry.path, entry.key)
+
+
+def save(folder, name: str, image: Image.Image) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / name)
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("hot_pixel.png", lambda: np.pad(np.full((1, 1), 255, np.uint8), 20)),
+        ("zeros.png", lambda: np.zeros((40, 40), np.uint8)),
+        (
+            "wide.png",
+            lambda: head_slice(64, 20, 200, np.random.default_rng(0))[:32].astype(np.uint8),
+        ),
+        (
+            "ü mit leerzeichen.png",
+            lambda: head_slice(40, 14, 180, np.random.default_rng(2)).astype(np.uint8),
+        ),
+    ],
+    ids=["one hot pixel", "all zero", "non-square", "non-ASCII name with spaces"],
+)
+def test_odd_but_valid_images_give_finite_slices_in_the_unit_range(tmp_path, name, make):
+    folder = tmp_path / "data"
+    save(folder, name, Image.fromarray(make()))
+
+    image = usable_slice(cache_in(tmp_path), folder)
+
+    assert image.shape == (32, 32)
+    assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+
+
+def test_a_4096_image_is_preprocessed_at_its_size_then_resampled(tmp_path):
+    big = np.kron(head_slice(64, 24, 200, np.random.default_rng(1)), np.ones((64, 64)))
+    out = dp.preprocess_slice(big, 64, 64)
+    small = dp.preprocess_slice(head_slice(64, 24, 200, np.random.default_rng(1)), 64, 64)
+    # The same anatomy at 64x the pixel count gives nearly the same training slice.
+    assert np.abs(out - small).mean() < 0.05
+
+
+def test_each_bad_file_is_skipped_with_its_reason(tmp_path, caplog):
+    folder = tmp_path / "data"
+    write_png_folder(folder, 1, 40, 200, seed=0)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("a text file with an image name")
+    good = (folder / "slice_00.png").read_bytes()
+    (folder / "cut.png").write_bytes(good[: len(good) // 3])
+    (folder / "folder.png").mkdir()
+    save(folder, "tiny.png", Image.fromarray(np.full((8, 8), 9, np.uint8)))
+    nan = np.ones((20, 20), np.float32)
+    nan[2, 2], nan[3, 3] = np.nan, np.inf
+    save(folder, "nan.tif", Image.fromarray(nan, mode="F"))
+
+    with caplog.at_level(logging.WARNING):
+        scan = dp.scan_images(folder, cache_in(tmp_path))
+
+    assert [entry.path.name for entry in scan.entries] == ["slice_00.png"]
+    assert dict((path.name, reason) for path, reason in scan.skipped) == {
+        "cut.png": "unreadable or truncated image",
+        "empty.png": "empty file",
+        "nan.tif": "contains NaN or Inf",
+        "notes.png": "not an image",
+        "tiny.png": "smaller than 16 px",
+    }
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for path, _ in scan.skipped:
+        assert str(path) in warned
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16"])
+def test_every_pixel_format_becomes_one_channel(tmp_path, mode):
+    base = head_slice(40, 14, 200, np.random.default_rng(3))
+    image = (
+        Image.fromarray((base * 257).astype(np.uint16))
+        if mode == "I;16"
+        else Image.fromarray(base.astype(np.uint8)).convert(mode)
+    )
+    folder = tmp_path / "data"
+    save(folder, "slice.png", image)
+
+    slice_ = usable_slice(cache_in(tmp_path), folder)
+
+    assert slice_.max() > 0.9 and slice_[0, 0] < 0.1
+
+
+def test_mixed_sizes_and_an_unbalanced_pair_of_folders_train_in_full_batches(tmp_path):
+    t1, t2 = tmp_path / "t1", tmp_path / "t2"
+    rng = np.random.default_rng(4)
+    for index, size in enumerate((40, 48, 64, 96, 40, 56, 72, 80, 128)):
+        save(
+            t1,
+            f"{index}.png",
+            Image.fromarray(head_slice(size, size / 3, 200, rng).astype(np.uint8)),
+        )
+    save(t2, "only.png", Image.fromarray(head_slice(40, 14, 120, rng).astype(np.uint8)))
+    config = TrainConfig(
+        data_dir_t1=t1,
+        data_dir_t2=t2,
+        img_height=32,
+        img_width=32,
+        batch_size=2,
+        output_dir=tmp_path / "out",
+    )
+
+    data = dp.make_training_data(config, shuffle_seed=0)
+    batches = list(data.batches.take(data.steps_per_epoch))
+
+    assert data.steps_per_epoch == 9 // 2  # an epoch is a pass over the larger folder
+    assert all(t1.shape == (2, 32, 32, 1) and t2.shape == (2, 32, 32, 1) for t1, t2 in batches)
+
+
+@pytest.mark.parametrize("flag", ["--output_dir", "--cache_dir"])
+def test_an_unwritable_output_or_cache_dir_is_a_one_line_error(tmp_path, flag):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    target = blocker / "sub"
+    result = run_main(
+        flag, str(target), *(["--output_dir", str(tmp_path / "o")] if flag == "--cache_dir" else [])
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert str(target) in result.stderr and "Traceback" not in result.stderr
