@@ -95,6 +95,10 @@ def test_each_bad_file_is_skipped_with_its_reason(tmp_path, caplog):
     warned = " ".join(record.getMessage() for record in caplog.records)
     for path, _ in scan.skipped:
         assert str(path) in warned
+    assert scan.summary("T1") == (
+        "T1: 1 images used, 5 skipped (1 contains NaN or Inf, 1 empty file, 1 not an image, "
+        "1 smaller than 16 px, 1 unreadable or truncated image)"
+    )
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -215,33 +214,6 @@ def test_cache_remakes_an_entry_that_is_corrupt(tmp_path):
 
     assert cache.misses == 2
     np.testing.assert_array_equal(again, good)
-
-
-def test_scan_skips_bad_files_with_a_warning_naming_each(tmp_path, caplog):
-    folder = tmp_path / "data"
-    write_png_folder(folder, 2, 40, 200, seed=0)
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "text.png").write_text("not an image")
-    good_head = (folder / "slice_00.png").read_bytes()
-    (folder / "cut.png").write_bytes(good_head[: len(good_head) // 2])
-    cache = dp.PreprocessCache(tmp_path / "cache", config_for(tmp_path))
-
-    with caplog.at_level(logging.WARNING):
-        scan = dp.scan_images(folder, cache)
-
-    assert [e.path.name for e in scan.entries] == ["slice_00.png", "slice_01.png"]
-    reasons = {path.name: reason for path, reason in scan.skipped}
-    assert reasons == {
-        "cut.png": "unreadable or truncated image",
-        "empty.png": "empty file",
-        "text.png": "not an image",
-    }
-    for name in reasons:
-        assert any(name in record.getMessage() for record in caplog.records)
-    assert scan.summary("T1") == (
-        "T1: 2 images used, 3 skipped "
-        "(1 empty file, 1 not an image, 1 unreadable or truncated image)"
-    )
 
 
 def test_scan_of_a_dir_with_no_readable_image_is_an_error(tmp_path):
