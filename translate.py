@@ -11,9 +11,11 @@ one-line `error: ...` on stderr with exit code 2, and nothing is left at the out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -297,12 +299,19 @@ def main(argv: list[str] | None = None) -> None:
     target = output_target(parser, args, kind)
     check_before_tensorflow(args, kind)
 
-    try:
+    with errors_as_one_line("interrupted; no file was left half-written", target):
         translate(args, kind, target)
+
+
+@contextlib.contextmanager
+def errors_as_one_line(interrupted: str, target: Path | str) -> Iterator[None]:
+    """Turn the errors a command can meet into one `error:` line and its exit code."""
+    try:
+        yield
     except DataError as error:
         fail(str(error))
     except KeyboardInterrupt:
-        fail("interrupted; no file was left half-written", EXIT_INTERRUPTED)
+        fail(interrupted, EXIT_INTERRUPTED)
     except OSError as error:
         fail(f"{error.strerror or error}: {error.filename or target}", EXIT_READ_WRITE_FAILED)
 
@@ -374,18 +383,12 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    try:
+    with errors_as_one_line("interrupted; no generator file was left half-written", "export"):
         import translation
 
         run = translation.restore_run(args.checkpoint_dir)
         export_dir = args.export_dir or args.checkpoint_dir.parent / "export"
         paths = translation.export_generators(run.model, run.config, export_dir, epoch=run.epoch)
-    except DataError as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted; no generator file was left half-written", EXIT_INTERRUPTED)
-    except OSError as error:
-        fail(f"{error.strerror or error}: {error.filename or 'export'}", EXIT_READ_WRITE_FAILED)
     log.info(
         "Exported the generators of %s (epoch %d) to %s: %s",
         run.checkpoint,
