@@ -53,6 +53,21 @@ class TrainConfig:
     eval_every: int = 1
     max_nonfinite: int = 10
     verbose: int = 1
+    # Paper options (Zhu et al. 2017). The seed's U-Net and constant learning rate stay
+    # the defaults; the paper's history pool of 50 is on, its jitter is opt-in.
+    generator: str = "unet"
+    upsample: str = "transpose"
+    pool_size: int = 50
+    decay_epochs: int = 0
+    augment: bool = False
+    # NIfTI volumes in a data dir: the plane slices are cut along, and the smallest
+    # fraction of a slice that must be head for the slice to be used.
+    slice_axis: str = "axial"
+    min_foreground: float = 0.05
+    # Devices: a tf.distribute strategy by name; None switches = on with a GPU, off without.
+    strategy: str = "auto"
+    mixed_precision: bool | None = None
+    xla: bool | None = None
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -148,6 +163,14 @@ positive_int = number_parser(int, 1, True, "a positive integer")
 non_negative_int = number_parser(int, 0, True, "zero or a positive integer")
 positive_float = number_parser(float, 0.0, False, "a positive number")
 non_negative_float = number_parser(float, 0.0, True, "zero or positive")
+
+
+def unit_fraction(text: str) -> float:
+    """An argparse `type` for a fraction from 0 to 1."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
 
 
 def image_size_problem(height: int, width: int) -> str | None:

@@ -23,6 +23,7 @@ from config import (
     non_negative_int,
     positive_float,
     positive_int,
+    unit_fraction,
 )
 from errors import DataError
 
@@ -111,6 +112,61 @@ def build_parser() -> argparse.ArgumentParser:
         "stop after more than N steps with a NaN or Inf loss (each such step is skipped)",
         type=non_negative_int,
     )
+    add(
+        "generator",
+        "generator architecture: unet (pix2pix U-Net, as the seed) or resnet (the paper's "
+        "ResNet: 9 residual blocks at 256 px and above, 6 below)",
+        choices=("unet", "resnet"),
+    )
+    add(
+        "upsample",
+        "generator up-sampling: transpose (transposed conv, as the paper) or resize "
+        "(nearest resize + conv, free of checkerboard artifacts)",
+        choices=("transpose", "resize"),
+    )
+    add(
+        "pool_size",
+        "the critics also see fakes drawn from the last N generated images (0: only new)",
+        type=non_negative_int,
+    )
+    add(
+        "decay_epochs",
+        "decay the learning rate linearly to 0 over the last N of --epochs (0: constant)",
+        type=non_negative_int,
+    )
+    add(
+        "slice_axis",
+        "NIfTI training volumes: the plane slices are cut along",
+        choices=("axial", "coronal", "sagittal"),
+    )
+    add(
+        "min_foreground",
+        "NIfTI training volumes: skip slices whose head covers less than this fraction",
+        type=unit_fraction,
+    )
+    add(
+        "strategy",
+        "tf.distribute strategy: auto (mirrored when more than one GPU is visible), default "
+        "(one device), mirrored (all local GPUs), multiworker (machines listed in TF_CONFIG)",
+        choices=("auto", "default", "mirrored", "multiworker"),
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="random jitter: resize up by 286/256, random crop back, random left-right flip",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float16 compute with loss scaling (default: on with a GPU, off on CPU)",
+    )
+    parser.add_argument(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the train step with XLA (default: on with a GPU, off on CPU)",
+    )
     parser.add_argument(
         "--no_n4",
         dest="n4",
@@ -137,6 +193,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error(problem)
     if (args.test_dir_t1 is None) != (args.test_dir_t2 is None):
         parser.error("--test_dir_t1 and --test_dir_t2 go together")
+    if args.decay_epochs > args.epochs:
+        parser.error(f"--decay_epochs {args.decay_epochs} is more than --epochs {args.epochs}")
     return TrainConfig(**vars(args))
 
 
