@@ -1,9 +1,10 @@
 """The networks and the CycleGAN model.
 
-Two pix2pix U-Net generators (`t1_to_t2`, `t2_to_t1`) and two 70x70 PatchGAN
-discriminators (`t1_critic`, `t2_critic`), laid out as in the reference
-implementation (Isola et al. 2017, Zhu et al. 2017): one grayscale channel in and out,
-images in [-1, 1], instance normalization without affine parameters.
+Two generators (`t1_to_t2`, `t2_to_t1`: the pix2pix U-Net or the paper's ResNet, chosen
+by name in `GENERATORS`) and two 70x70 PatchGAN discriminators (`t1_critic`,
+`t2_critic`), laid out as in the reference implementation (Isola et al. 2017, Zhu et
+al. 2017): one grayscale channel in and out, images in [-1, 1], instance normalization
+without affine parameters, and a history pool of generated images for the critics.
 """
 
 from __future__ import annotations
@@ -50,24 +51,71 @@ def downsample(x, filters: int, norm: bool = True, activate: bool = True):
     return InstanceNormalization()(x) if norm else x
 
 
-def upsample(x, filters: int, norm: bool = True, dropout: bool = False):
-    """ReLU -> 4x4 stride-2 transposed conv -> instance norm (-> dropout 0.5): doubles H, W."""
-    x = layers.ReLU()(x)
-    x = layers.Conv2DTranspose(
-        filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
+@keras.saving.register_keras_serializable(package="mri_gan")
+class ReflectionPadding2D(layers.Layer):
+    """Pad H and W by `padding` pixels mirrored from the image, as the reference ResNet does."""
+
+    def __init__(self, padding: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.padding = padding
+
+    def call(self, inputs):
+        pad = self.padding
+        return tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        grow = 2 * self.padding
+        return (
+            batch,
+            None if height is None else height + grow,
+            None if width is None else width + grow,
+            channels,
+        )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "padding": self.padding}
+
+
+def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
+    """Double H and W: a `kernel` x `kernel` stride-2 transposed conv, or (`resize`) a
+    nearest-neighbour resize then a 3x3 conv, which cannot make checkerboard artifacts
+    (Odena et al. 2016)."""
+    if method == "resize":
+        x = layers.UpSampling2D(2, interpolation="nearest")(x)
+        return layers.Conv2D(filters, 3, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+    if kernel % 2:
+        # PyTorch's ConvTranspose2d(k, 2, padding=k // 2, output_padding=1), as the
+        # reference ResNet has it: the full 2n + 1 output less its first row and column.
+        x = layers.Conv2DTranspose(filters, kernel, strides=2, kernel_initializer=WEIGHT_INIT)(x)
+        return layers.Cropping2D(((kernel // 2, kernel // 2 - 1), (kernel // 2, kernel // 2 - 1)))(
+            x
+        )
+    return layers.Conv2DTranspose(
+        filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
     )(x)
+
+
+def upsample(x, filters: int, norm: bool = True, dropout: bool = False, method: str = "transpose"):
+    """ReLU -> 4x4 stride-2 transposed conv (or resize-conv) -> instance norm (-> dropout
+    0.5): doubles H and W."""
+    x = layers.ReLU()(x)
+    x = upsampling_conv(x, filters, 4, method)
     if norm:
         x = InstanceNormalization()(x)
     return layers.Dropout(0.5)(x) if dropout else x
 
 
-def unet_generator(height: int, width: int, name: str, filters: int = 64) -> keras.Model:
+def unet_generator(
+    height: int, width: int, name: str, filters: int = 64, upsample_method: str = "transpose"
+) -> keras.Model:
     """The pix2pix U-Net: (batch, height, width, 1) in [-1, 1] -> same shape, tanh.
 
     Depth follows the image size (8 levels at 256, 7 at 128); at 256x256 it is the
     reference `unet_256` (54.4 M parameters). The three innermost up blocks of the
     widest levels use dropout, as in pix2pix. `filters` is the first level's width (the
-    reference's `ngf`); fewer make a small, fast model for tests.
+    reference's `ngf`); fewer make a small, fast model for tests. `upsample_method` is
+    `transpose` (the reference) or `resize` (see `upsampling_conv`).
     """
     levels = unet_levels(height, width)
     widths = [filters * min(2**level, MAX_FILTER_MULTIPLE) for level in range(levels)]
@@ -85,12 +133,58 @@ def unet_generator(height: int, width: int, name: str, filters: int = 64) -> ker
     dropout_levels = range(4, levels - 1)
     x = skips.pop()
     for level in reversed(range(1, levels)):
-        x = upsample(x, widths[level - 1], dropout=level in dropout_levels)
+        x = upsample(x, widths[level - 1], dropout=level in dropout_levels, method=upsample_method)
         x = layers.Concatenate()([skips.pop(), x])
     x = layers.ReLU()(x)
-    x = layers.Conv2DTranspose(1, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+    x = upsampling_conv(x, 1, 4, upsample_method)
     outputs = layers.Activation("tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def conv_norm_relu(x, filters: int, kernel: int, strides: int = 1, norm: bool = True):
+    """A `kernel` x `kernel` conv without padding (the caller pads), instance norm, ReLU."""
+    x = layers.Conv2D(filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT)(x)
+    return layers.ReLU()(InstanceNormalization()(x)) if norm else x
+
+
+def residual_block(x, filters: int):
+    """x + (reflect-pad, 3x3 conv, norm, ReLU, reflect-pad, 3x3 conv, norm)(x)."""
+    y = conv_norm_relu(ReflectionPadding2D(1)(x), filters, 3)
+    y = layers.Conv2D(filters, 3, kernel_initializer=WEIGHT_INIT)(ReflectionPadding2D(1)(y))
+    return layers.Add()([x, InstanceNormalization()(y)])
+
+
+def resnet_blocks(height: int, width: int) -> int:
+    """Residual blocks of the paper's generator: 9 at 256 px and above, 6 below."""
+    return 9 if min(height, width) >= 256 else 6
+
+
+def resnet_generator(
+    height: int, width: int, name: str, filters: int = 64, upsample_method: str = "transpose"
+) -> keras.Model:
+    """The CycleGAN paper's ResNet generator: (batch, height, width, 1) in [-1, 1] -> same.
+
+    c7s1-64, d128, d256, 9 (or 6, see `resnet_blocks`) residual blocks of 256, u128, u64,
+    c7s1-1 with tanh; reflection padding. At 256x256 it is the reference `resnet_9blocks`
+    (11.37 M parameters with one channel in and out).
+    """
+    inputs = keras.Input((height, width, 1), name=f"{name}_input")
+    x = conv_norm_relu(ReflectionPadding2D(3)(inputs), filters, 7)
+    for multiple in (2, 4):
+        # Zero padding 1 on every side then a valid 3x3 stride-2 conv, as the reference.
+        x = conv_norm_relu(layers.ZeroPadding2D(1)(x), filters * multiple, 3, strides=2)
+    for _ in range(resnet_blocks(height, width)):
+        x = residual_block(x, filters * 4)
+    for multiple in (2, 1):
+        x = upsampling_conv(x, filters * multiple, 3, upsample_method)
+        x = layers.ReLU()(InstanceNormalization()(x))
+    x = layers.Conv2D(1, 7, kernel_initializer=WEIGHT_INIT)(ReflectionPadding2D(3)(x))
+    outputs = layers.Activation("tanh", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+# Generator architectures by name, as the reference's `define_G`.
+GENERATORS = {"unet": unet_generator, "resnet": resnet_generator}
 
 
 def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64) -> keras.Model:
@@ -123,11 +217,120 @@ def split_batch(images: tf.Tensor, parts: int) -> list[tf.Tensor]:
     return tf.split(images, parts, axis=0)
 
 
+def query_pool(
+    stored: tf.Tensor,
+    count: tf.Tensor,
+    images: tf.Tensor,
+    coins: tf.Tensor,
+    slots: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One query of the reference's image pool, with its random draws given.
+
+    `stored` (size, H, W, C) holds `count` images so far; `images` (batch, H, W, C) are
+    new fakes; `coins` (batch,) in [0, 1) and `slots` (batch,) in [0, size) are the
+    draws. Image by image: while the pool is filling, store it and return it; once
+    full, if its coin is below 0.5 return the stored image at its slot and store the new
+    one there, else return the new one. Returns (images for the critic, stored, count).
+    """
+    size = tf.shape(stored)[0]
+
+    def one(index, stored, count, returned):
+        image = images[index]
+        filling = count < size
+        swap = tf.logical_and(tf.logical_not(filling), coins[index] < 0.5)
+        slot = tf.where(filling, count, slots[index])
+        old = stored[slot]
+        stored = tf.tensor_scatter_nd_update(
+            stored, [[slot]], [tf.where(tf.logical_or(filling, swap), image, old)]
+        )
+        returned = returned.write(index, tf.where(swap, old, image))
+        return index + 1, stored, count + tf.cast(filling, count.dtype), returned
+
+    batch = tf.shape(images)[0]
+    returned = tf.TensorArray(images.dtype, size=batch, element_shape=images.shape[1:])
+    _, stored, count, returned = tf.while_loop(
+        lambda index, *_: index < batch, one, (tf.constant(0), stored, count, returned)
+    )
+    return tf.reshape(returned.stack(), tf.shape(images)), stored, count
+
+
+class HistoryPool:
+    """The last `size` generated images of one contrast, shown to its critic (Shrivastava
+    et al. 2017, as in the CycleGAN paper) so it does not forget older generator modes.
+
+    Under tf.distribute each replica keeps a pool of its own. The pool is not part of
+    a checkpoint (nor is it in the reference): a resumed run refills it.
+    """
+
+    def __init__(self, size: int, image_shape: tuple[int, int, int], name: str) -> None:
+        # A plain object, not a Keras layer, so that the pool stays out of the weights.
+        per_replica = {
+            "trainable": False,
+            "synchronization": tf.VariableSynchronization.ON_READ,
+            "aggregation": tf.VariableAggregation.NONE,
+        }
+        self.size = size
+        self.stored = tf.Variable(tf.zeros((size, *image_shape)), name=name, **per_replica)
+        self.count = tf.Variable(0, name=f"{name}_count", **per_replica)
+
+    def query(self, images: tf.Tensor) -> tf.Tensor:
+        """Fakes for the critic: `images` (batch, H, W, C) mixed with older fakes."""
+        batch = tf.shape(images)[0]
+        coins = tf.random.uniform((batch,))
+        slots = tf.random.uniform((batch,), 0, self.size, tf.int32)
+        returned, stored, count = query_pool(
+            self.stored.read_value(),
+            self.count.read_value(),
+            tf.cast(images, self.stored.dtype),
+            coins,
+            slots,
+        )
+        self.stored.assign(stored)
+        self.count.assign(count)
+        return tf.cast(returned, images.dtype)
+
+
+def replicas_agree_finite(values: list[tf.Tensor]) -> tf.Tensor:
+    """True when every value is finite on every replica, so all take the same branch."""
+    bad = tf.cast(
+        tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])),
+        tf.float32,
+    )
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return tf.equal(bad, 0.0)
+
+
+def apply_if(condition: tf.Tensor, apply, gradients) -> None:
+    """Run `apply(gradients)` (which calls optimizers) only where `condition` holds.
+
+    Optimizers synchronise replicas through `merge_call`, which TensorFlow does not
+    allow inside a `tf.cond` in a replica context; as Keras' LossScaleOptimizer does,
+    the condition is then taken in the cross-replica context and `apply` runs on every
+    replica from there. `condition` must be the same on every replica.
+    """
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(condition, lambda: apply(gradients), lambda: None)
+        return
+
+    def cross_replica(strategy, condition, gradients):
+        agreed = strategy.experimental_local_results(condition)[0]
+
+        def on_every_replica():
+            strategy.extended.call_for_each_replica(apply, args=(gradients,))
+
+        tf.cond(agreed, on_every_replica, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, gradients))
+
+
 class CycleGan(keras.Model):
     """Both generators and both discriminators, trained together by `fit`.
 
     `train_step` takes a (t1_batch, t2_batch) pair, each (batch, H, W, 1) in [-1, 1],
-    and updates the four networks with their own optimizers.
+    and updates the generators and the critics with one optimizer each, as the
+    reference does (Adam is per weight, so one optimizer over both networks is two).
     """
 
     def __init__(
@@ -139,16 +342,28 @@ class CycleGan(keras.Model):
         lambda_identity: float = 0.5,
         generator_filters: int = 64,
         critic_filters: int = 64,
+        generator: str = "unet",
+        upsample: str = "transpose",
+        pool_size: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.t1_to_t2 = unet_generator(height, width, "t1_to_t2", generator_filters)
-        self.t2_to_t1 = unet_generator(height, width, "t2_to_t1", generator_filters)
+        make_generator = GENERATORS[generator]
+        self.t1_to_t2 = make_generator(height, width, "t1_to_t2", generator_filters, upsample)
+        self.t2_to_t1 = make_generator(height, width, "t2_to_t1", generator_filters, upsample)
         self.t1_critic = patchgan_discriminator(height, width, "t1_critic", critic_filters)
         self.t2_critic = patchgan_discriminator(height, width, "t2_critic", critic_filters)
         self.adversarial = loss.ADVERSARIAL_LOSSES[gan_loss]
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = lambda_identity
+        self.pools = (
+            {
+                domain: HistoryPool(pool_size, (height, width, 1), f"{domain}_pool")
+                for domain in ("t1", "t2")
+            }
+            if pool_size
+            else {}
+        )
         self.loss_names = (
             "generator_loss",
             "t1_to_t2_adversarial",
@@ -160,7 +375,9 @@ class CycleGan(keras.Model):
         )
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
         # Steps whose loss was NaN or Inf, over the whole run: their updates were skipped.
-        self.skipped_steps = keras.Variable(0, dtype="int64", trainable=False, name="skipped")
+        self.skipped_steps = keras.Variable(
+            0, dtype="int64", trainable=False, name="skipped", aggregation="only_first_replica"
+        )
 
     @property
     def metrics(self):
@@ -175,19 +392,47 @@ class CycleGan(keras.Model):
     def critics(self) -> tuple[keras.Model, keras.Model]:
         return (self.t1_critic, self.t2_critic)
 
+    @property
+    def network_groups(self) -> dict[str, tuple[keras.Model, keras.Model]]:
+        """The networks each optimizer trains, by optimizer name."""
+        return {"generators": self.generators, "critics": self.critics}
+
+    def group_variables(self, group: str) -> list:
+        return [v for network in self.network_groups[group] for v in network.trainable_variables]
+
     def compile(self, optimizers: dict[str, keras.optimizers.Optimizer], **kwargs) -> None:
-        """Keep one optimizer per network, keyed by network name, built now.
+        """Keep the optimizers (`generators`, `critics`), built now.
 
         Building them before the first step lets a checkpoint restore their slots.
         """
         super().compile(**kwargs)
         self.network_optimizers = optimizers
-        for network in (*self.generators, *self.critics):
-            optimizers[network.name].build(network.trainable_variables)
+        for group, optimizer in optimizers.items():
+            optimizer.build(self.group_variables(group))
+        # Every network is built; without this Keras would try to build the model from
+        # the data under a strategy, taking the (t1, t2) pair for (inputs, targets).
+        self.built = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras' fit first averages one batch over the replicas to build
+        # the model from it; MultiWorkerMirroredStrategy cannot do that eagerly, and the
+        # batch is taken from the stream. Every network is built in `compile` already.
+        if not self.built:
+            super()._maybe_symbolic_build(iterator, data_batch)
 
     def call(self, inputs, training: bool = False):
         t1, t2 = inputs
         return self.t1_to_t2(t1, training=training), self.t2_to_t1(t2, training=training)
+
+    def critic_logits(self, critic: keras.Model, real, fake, pool: HistoryPool | None, training):
+        """The critic's logits for real images, the new fakes, and the fakes it learns
+        from: drawn from the history pool when there is one (training only), else the
+        new fakes again (then computed once)."""
+        batches = [real, fake]
+        if pool is not None and training:
+            batches.append(pool.query(tf.stop_gradient(fake)))
+        logits = split_batch(critic(tf.concat(batches, 0), training=training), len(batches))
+        return logits[0], logits[1], logits[-1]
 
     def losses_of(self, real_t1, real_t2, training: bool = True) -> dict[str, tf.Tensor]:
         """Every loss of one CycleGAN step, each a scalar averaged over the global batch."""
@@ -206,12 +451,13 @@ class CycleGan(keras.Model):
         )
         cycled_t2 = self.t1_to_t2(fake_t1, training=training)
 
-        # The critics see each fake once; the generator and critic losses share the logits.
-        real_t2_logits, fake_t2_logits = split_batch(
-            self.t2_critic(tf.concat([real_t2, fake_t2], 0), training=training), 2
+        # The generator losses use the critics' view of the new fakes; the critic losses
+        # that of the pooled ones.
+        real_t2_logits, fake_t2_logits, pooled_t2_logits = self.critic_logits(
+            self.t2_critic, real_t2, fake_t2, self.pools.get("t2"), training
         )
-        real_t1_logits, fake_t1_logits = split_batch(
-            self.t1_critic(tf.concat([real_t1, fake_t1], 0), training=training), 2
+        real_t1_logits, fake_t1_logits, pooled_t1_logits = self.critic_logits(
+            self.t1_critic, real_t1, fake_t1, self.pools.get("t1"), training
         )
 
         identity_weight = self.lambda_cycle * self.lambda_identity
@@ -227,10 +473,10 @@ class CycleGan(keras.Model):
                 + loss.identity_loss(real_t2, same_t2, identity_weight)
             ),
             "t1_critic_loss": average(
-                loss.critic_loss(self.adversarial, real_t1_logits, fake_t1_logits)
+                loss.critic_loss(self.adversarial, real_t1_logits, pooled_t1_logits)
             ),
             "t2_critic_loss": average(
-                loss.critic_loss(self.adversarial, real_t2_logits, fake_t2_logits)
+                loss.critic_loss(self.adversarial, real_t2_logits, pooled_t2_logits)
             ),
         }
         losses["generator_loss"] = (
@@ -245,34 +491,52 @@ class CycleGan(keras.Model):
         real_t1, real_t2 = data
         with tf.GradientTape(persistent=True) as tape:
             losses = self.losses_of(real_t1, real_t2, training=True)
-        # One backward pass of the joint generator loss serves both generators; each
-        # critic is differentiated only through its own loss, so the fakes it saw act
-        # as constants for it, as with `detach()` in the reference.
-        generator_variables = [network.trainable_variables for network in self.generators]
-        gradients = tape.gradient(losses["generator_loss"], generator_variables)
-        updates = list(zip(self.generators, generator_variables, gradients, strict=True))
-        for network in self.critics:
-            variables = network.trainable_variables
-            objective = losses[f"{network.name}_loss"]
-            updates.append((network, variables, tape.gradient(objective, variables)))
+            # The critics' losses are summed: each depends on its own critic's weights
+            # only, so the sum's gradient is each loss's gradient for its critic.
+            objectives = {
+                "generators": losses["generator_loss"],
+                "critics": losses["t1_critic_loss"] + losses["t2_critic_loss"],
+            }
+            # Under mixed precision the optimizers are LossScaleOptimizers.
+            objectives = {
+                group: self.network_optimizers[group].scale_loss(objective)
+                if isinstance(self.network_optimizers[group], keras.optimizers.LossScaleOptimizer)
+                else objective
+                for group, objective in objectives.items()
+            }
+        # One backward pass of the joint generator loss serves both generators; the
+        # critics are differentiated only through their own losses, so the fakes they
+        # saw act as constants for them, as with `detach()` in the reference.
+        groups = tuple(objectives)
+        gradients = [
+            tape.gradient(objectives[group], self.group_variables(group)) for group in groups
+        ]
         del tape
 
-        def apply_updates():
-            for network, variables, network_gradients in updates:
-                optimizer = self.network_optimizers[network.name]
-                optimizer.apply_gradients(zip(network_gradients, variables, strict=True))
-            return tf.constant(0, tf.int64)
+        def apply_updates(gradients):
+            for group, group_gradients in zip(groups, gradients, strict=True):
+                self.network_optimizers[group].apply_gradients(
+                    zip(group_gradients, self.group_variables(group), strict=True)
+                )
 
         # A NaN or Inf loss would poison every weight it touched: skip that step's
         # updates instead, and count it, so the run can stop if it keeps happening.
-        finite = tf.reduce_all([tf.math.is_finite(value) for value in losses.values()])
-        skipped = tf.cond(finite, apply_updates, lambda: tf.constant(1, tf.int64))
-        self.skipped_steps.assign_add(skipped)
+        finite = replicas_agree_finite(list(losses.values()))
+        apply_if(finite, apply_updates, gradients)
+        self.skipped_steps.assign_add(1 - tf.cast(finite, tf.int64))
         weight = tf.cast(finite, tf.float32)
+        # Each replica's losses are its share of the global mean; its tracker records
+        # its own mean, and Keras averages the trackers over the replicas.
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         for name, value in losses.items():
-            self.loss_trackers[name].update_state(tf.where(finite, value, 0.0), weight)
+            self.loss_trackers[name].update_state(tf.where(finite, value * replicas, 0.0), weight)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
-        return {**logs, "skipped_steps": self.skipped_steps.value}
+        logs["skipped_steps"] = self.skipped_steps.value
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras (3.15) averages logs over workers along an axis 0 that a scalar lacks:
+            # give each log that axis; the average is a scalar again.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
 
 def make_cyclegan(config: TrainConfig) -> CycleGan:
@@ -285,4 +549,7 @@ def make_cyclegan(config: TrainConfig) -> CycleGan:
         lambda_identity=config.lambda_identity,
         generator_filters=config.generator_filters,
         critic_filters=config.critic_filters,
+        generator=config.generator,
+        upsample=config.upsample,
+        pool_size=config.pool_size,
     )

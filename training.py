@@ -7,7 +7,9 @@ figures, `history.csv`, `loss_curves.png` and `training.gif` under `config.outpu
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +54,51 @@ class TrainResult:
 def configure_devices() -> None:
     """Let TensorFlow grow GPU memory as needed instead of taking it all at start."""
     for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # devices already initialised (a second run in one process): keep as is
+
+
+def on_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def use_mixed_precision(config: TrainConfig) -> bool:
+    """--mixed_precision as given, else on with a GPU (float16 is slow on CPUs)."""
+    return on_gpu() if config.mixed_precision is None else config.mixed_precision
+
+
+def use_xla(config: TrainConfig) -> bool:
+    """--xla as given, else on with a GPU (measured slower on CPU, see README)."""
+    return on_gpu() if config.xla is None else config.xla
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy `--strategy` names.
+
+    auto: MirroredStrategy when more than one GPU is visible, else the default (one
+    device); mirrored: every local GPU (the CPU when there is none); multiworker: the
+    machines of the TF_CONFIG environment variable, each with its local GPUs.
+    """
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except on the non-chief
+    workers of a multi-worker run (TF_CONFIG's worker 0, or its `chief`, writes)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 class FusedAdam(keras.optimizers.Adam):
@@ -84,17 +130,22 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def make_optimizers(model: CycleGan, config: TrainConfig) -> dict[str, keras.optimizers.Optimizer]:
-    """One Adam(lr, beta_1) per network, keyed by the network's name."""
-    networks = (*model.generators, *model.critics)
-    return {
-        network.name: FusedAdam(config.lr, beta_1=config.beta_1, name=f"{network.name}_adam")
-        for network in networks
-    }
+def make_optimizers(
+    model: CycleGan, config: TrainConfig, mixed_precision: bool = False
+) -> dict[str, keras.optimizers.Optimizer]:
+    """Adam(lr, beta_1) for the generators and one for the critics, keyed by group name;
+    under mixed precision each wrapped in Keras' dynamic LossScaleOptimizer."""
+    optimizers = {}
+    for group in model.network_groups:
+        optimizer = FusedAdam(config.lr, beta_1=config.beta_1, name=f"{group}_adam")
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{group}_scaled")
+        optimizers[group] = optimizer
+    return optimizers
 
 
 def make_checkpoint(model: CycleGan, epoch: tf.Variable) -> tf.train.Checkpoint:
-    """A checkpoint of the four networks, their four optimizers and the epoch counter."""
+    """A checkpoint of the four networks, the two optimizers and the epoch counter."""
     networks = {network.name: network for network in (*model.generators, *model.critics)}
     optimizers = {f"{name}_optimizer": opt for name, opt in model.network_optimizers.items()}
     return tf.train.Checkpoint(epoch=epoch, **networks, **optimizers)
@@ -380,6 +431,32 @@ class PairedEvaluation(EpochEndCallback):
                 )
 
 
+def decayed_learning_rate(base: float, epoch: int, epochs: int, decay_epochs: int) -> float:
+    """The learning rate of 0-based `epoch`: `base` for the first `epochs - decay_epochs`
+    epochs, then falling linearly by base / (decay_epochs + 1) an epoch, the reference's
+    `linear` policy: base * N / (N + 1) in the first decayed epoch, base / (N + 1) in the
+    last, and zero where the line reaches the end of training."""
+    constant = epochs - decay_epochs
+    return base * (1.0 - max(0, epoch + 1 - constant) / (decay_epochs + 1))
+
+
+class LinearDecay(keras.callbacks.Callback):
+    """Set every optimizer's learning rate for the epoch about to start (see
+    `decayed_learning_rate`); the rate follows the epoch, so a resumed run continues it."""
+
+    def __init__(self, optimizers: list[keras.optimizers.Optimizer], config: TrainConfig) -> None:
+        super().__init__()
+        self.optimizers = optimizers
+        self.config = config
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        rate = decayed_learning_rate(
+            self.config.lr, epoch, self.config.epochs, self.config.decay_epochs
+        )
+        for optimizer in self.optimizers:
+            optimizer.learning_rate = rate
+
+
 class LearningRateLog(keras.callbacks.Callback):
     """Put the learning rate into each epoch's logs, for the history and TensorBoard."""
 
@@ -451,9 +528,19 @@ def write_summary_figures(config: TrainConfig, last_epoch: int) -> None:
 
 
 def build_model(config: TrainConfig) -> CycleGan:
-    """The CycleGAN with its four optimizers, compiled for `fit`."""
-    model = make_cyclegan(config)
-    model.compile(make_optimizers(model, config), jit_compile=False)
+    """The CycleGAN with its optimizers, compiled for `fit` (with XLA if `use_xla`).
+
+    Sets Keras' global dtype policy: mixed_float16 under `use_mixed_precision`, else
+    float32. Call it inside a strategy's scope to place the variables on its devices.
+    """
+    mixed = use_mixed_precision(config)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        model = make_cyclegan(config)
+    finally:
+        # The layers keep their policy; whatever is built later (translation) is float32.
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(make_optimizers(model, config, mixed), jit_compile=use_xla(config))
     return model
 
 
@@ -463,12 +550,37 @@ def train(config: TrainConfig) -> TrainResult:
     Raises DataError for input that training cannot use.
     """
     configure_devices()
+    strategy = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise DataError(
+            f"--batch_size {config.batch_size} cannot be split evenly over the {replicas} "
+            "replicas of the strategy: use a multiple of the replica count"
+        )
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     config.output_dir.mkdir(parents=True, exist_ok=True)
+    if replicas > 1:
+        log.info(
+            "%s over %d replicas: %d images of each contrast per replica and step.",
+            type(strategy).__name__,
+            replicas,
+            config.batch_size // replicas,
+        )
 
-    model = build_model(config)
-    checkpoints = RunCheckpoints(model, config.checkpoint_dir, config.keep_checkpoints)
-    start_epoch, restored = checkpoints.restore()
+    with strategy.scope():
+        model = build_model(config)
+        checkpoints = RunCheckpoints(model, config.checkpoint_dir, config.keep_checkpoints)
+        start_epoch, restored = checkpoints.restore()
+    files = config
+    if not chief:
+        # Workers run what the chief runs (saves, callbacks: their collective ops must
+        # match) but write to a scratch dir of their own, removed at the end; only the
+        # chief's files are kept, as TensorFlow prescribes. Made outside the scope: a
+        # variable made in it is a collective operation that the chief would not join.
+        scratch = config.output_dir / "workers" / f"worker-{strategy.cluster_resolver.task_id}"
+        files = dataclasses.replace(config, output_dir=scratch, cache_dir=config.resolved_cache_dir)
+        checkpoints = RunCheckpoints(model, files.checkpoint_dir, 1)
     if start_epoch >= config.epochs:
         log.info(
             "Training already finished: %d of %d epochs done (checkpoint %s). "
@@ -488,54 +600,29 @@ def train(config: TrainConfig) -> TrainResult:
             start_epoch + 1,
         )
 
-    save_config(config, config.output_dir / CONFIG_FILE_NAME)
+    save_config(config, files.output_dir / CONFIG_FILE_NAME)
     # A different shuffle order per resumed run, still reproducible from the seed.
     data: TrainingData = make_training_data(config, shuffle_seed=config.seed + start_epoch)
-    samples_t1 = sample_images(data.t1_scan.entries, data.cache, config.num_samples)
-    samples_t2 = sample_images(data.t2_scan.entries, data.cache, config.num_samples)
+    batches = data.batches
+    if config.strategy == "multiworker":
+        # Each worker takes its share of every global batch (the pipeline reads no files
+        # TensorFlow could split between workers).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        batches = batches.with_options(options)
 
     interruption = Interruption()
     guard = NonFiniteGuard(config.max_nonfinite)
-    tensorboard_dir = config.output_dir / "tensorboard"
-    # Callbacks that add to an epoch's logs come before those that write them.
-    scoring, columns = [], (*model.loss_names, "learning_rate")
-    test_dirs = config.resolved_test_dirs
-    if config.eval_every and test_dirs:
-        pairing = evaluation.pair_files(*test_dirs)
-        test_images = evaluation.load_pairs(pairing.pairs, data.cache)
-        best_dir = config.best_checkpoint_dir
-        scoring = [
-            PairedEvaluation(
-                interruption, test_images, config.eval_every, config.epochs, model, best_dir
-            )
-        ]
-        columns = (*columns, *evaluation.SUMMARY_KEYS)
-    elif config.eval_every:
-        log.info(
-            "No paired test set: give --test_dir_t1/--test_dir_t2 to score the model "
-            "during training."
-        )
-    callbacks = [
-        StopOnSignal(interruption),
-        guard,
-        LearningRateLog(model.network_optimizers[model.t1_to_t2.name]),
-        *scoring,
-        HistoryCsv(interruption, config.output_dir / "history.csv", columns, start_epoch),
-        keras.callbacks.TensorBoard(
-            str(tensorboard_dir), write_graph=False, profile_batch=0, update_freq="epoch"
-        ),
-        EpochFigure(
-            interruption,
-            samples_t1,
-            samples_t2,
-            config.output_dir / "epochs",
-            config.epochs,
-            tensorboard_dir,
-        ),
-        EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs),
-    ]
+    optimizers = list(model.network_optimizers.values())
+    callbacks = [StopOnSignal(interruption), guard, LinearDecay(optimizers, config)]
+    callbacks += file_callbacks(files, model, data, interruption, start_epoch)
+    callbacks.append(
+        EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs)
+    )
     model.fit(
-        data.batches,
+        batches,
         epochs=config.epochs,
         initial_epoch=start_epoch,
         steps_per_epoch=data.steps_per_epoch,
@@ -569,11 +656,65 @@ def train(config: TrainConfig) -> TrainResult:
             saved,
             interruption.epoch,
         )
-        write_summary_figures(config, interruption.epoch)
+        write_summary_figures(files, interruption.epoch)
         return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
+    if not chief:
+        shutil.rmtree(files.output_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            files.output_dir.parent.rmdir()  # `workers/`, once the last worker is done
+        log.info("Worker finished %d epochs; the chief wrote the outputs.", config.epochs)
+        return TrainResult(start_epoch, config.epochs)
     translation.export_generators(model, config, config.output_dir / "export", epoch=config.epochs)
     write_summary_figures(config, config.epochs)
     log.info(
         "Finished %d of %d epochs; outputs in %s", config.epochs, config.epochs, config.output_dir
     )
     return TrainResult(start_epoch, config.epochs)
+
+
+def file_callbacks(
+    config: TrainConfig,
+    model: CycleGan,
+    data: TrainingData,
+    interruption: Interruption,
+    start_epoch: int,
+) -> list[keras.callbacks.Callback]:
+    """The callbacks that write the run's files under `config.output_dir`, in the order
+    they must run: those that add to an epoch's logs (learning rate, test scores) before
+    those that write them."""
+    samples_t1 = sample_images(data.t1_scan.entries, data.cache, config.num_samples)
+    samples_t2 = sample_images(data.t2_scan.entries, data.cache, config.num_samples)
+    tensorboard_dir = config.output_dir / "tensorboard"
+    scoring, columns = [], (*model.loss_names, "learning_rate")
+    test_dirs = config.resolved_test_dirs
+    if config.eval_every and test_dirs:
+        pairing = evaluation.pair_files(*test_dirs)
+        test_images = evaluation.load_pairs(pairing.pairs, data.cache)
+        best_dir = config.best_checkpoint_dir
+        scoring = [
+            PairedEvaluation(
+                interruption, test_images, config.eval_every, config.epochs, model, best_dir
+            )
+        ]
+        columns = (*columns, *evaluation.SUMMARY_KEYS)
+    elif config.eval_every:
+        log.info(
+            "No paired test set: give --test_dir_t1/--test_dir_t2 to score the model "
+            "during training."
+        )
+    return [
+        LearningRateLog(model.network_optimizers["generators"]),
+        *scoring,
+        HistoryCsv(interruption, config.output_dir / "history.csv", columns, start_epoch),
+        keras.callbacks.TensorBoard(
+            str(tensorboard_dir), write_graph=False, profile_batch=0, update_freq="epoch"
+        ),
+        EpochFigure(
+            interruption,
+            samples_t1,
+            samples_t2,
+            config.output_dir / "epochs",
+            config.epochs,
+            tensorboard_dir,
+        ),
+    ]

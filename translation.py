@@ -47,7 +47,7 @@ from errors import DataError, first_line
 from files import atomic_path
 
 # Importing mri_gan registers InstanceNormalization, so `.keras` files load in safe mode.
-from mri_gan import CycleGan, make_cyclegan
+from mri_gan import GENERATORS, CycleGan, make_cyclegan
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,21 @@ def export_generators(
     paths = {}
     for direction in DIRECTIONS:
         paths[direction] = export_dir / f"{direction}.keras"
+        generator = getattr(model, direction)
+        if generator.dtype_policy.name != "float32":
+            # A mixed-precision generator would compute in float16 wherever it is
+            # loaded; export a float32 copy of it.
+            copy = GENERATORS[config.generator](
+                config.img_height,
+                config.img_width,
+                direction,
+                config.generator_filters,
+                config.upsample,
+            )
+            copy.set_weights(generator.get_weights())
+            generator = copy
         with atomic_path(paths[direction]) as temporary:
-            getattr(model, direction).save(temporary)
+            generator.save(temporary)
     info = {
         "format": "mri-gan generators",
         "format_version": EXPORT_FORMAT_VERSION,

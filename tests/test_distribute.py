@@ -1,0 +1,77 @@
+"""tf.distribute on CPU: MirroredStrategy over two logical CPUs, and two workers of
+MultiWorkerMirroredStrategy on loopback ports, as GPUs and machines would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tiny_run_args
+
+
+def test_mirrored_over_two_devices_gives_the_single_device_losses_and_weights():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "distributed_step.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    single, mirrored = result["single"], result["mirrored"]
+
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    assert mirrored["iterations"] == single["iterations"] == {"generators": 2, "critics": 2}
+    for name, value in single["losses"].items():
+        assert mirrored["losses"][name] == pytest.approx(value, rel=1e-4), name
+    assert mirrored["kernels"] == pytest.approx(single["kernels"], rel=1e-4)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_workers_train_together_and_only_the_chief_writes(tiny_dataset, tmp_path):
+    t1, t2 = tiny_dataset
+    output = tmp_path / "run"
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "main.py"),
+                    *tiny_run_args(t1, t2, output),
+                    *("--strategy", "multiworker", "--epochs", "1", "--eval_every", "0"),
+                ],
+                env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+        )
+    outputs = [process.communicate(timeout=600) for process in processes]
+
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "over 2 replicas" in outputs[0][1]
+    assert (output / "checkpoints" / "checkpoint").is_file()
+    assert (output / "export" / "t1_to_t2.keras").is_file()
+    rows = (output / "history.csv").read_text().splitlines()
+    assert len(rows) == 2  # header and epoch 1, written once, by the chief
+    assert not (output / "workers").exists()  # the worker's scratch dir is gone
