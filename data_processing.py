@@ -258,15 +258,30 @@ def preprocessed_dataset(
     )
 
 
+# The paper's jitter: images are resized from 256 to 286 px, then cropped back.
+JITTER_SCALE = 286 / 256
+
+
+def jitter(image: tf.Tensor) -> tf.Tensor:
+    """Random jitter of one (H, W, C) image in [-1, 1]: resize up by `JITTER_SCALE`
+    (bilinear, so no overshoot), crop a random H x W window, flip left-right with
+    probability 1/2 (the head's left-right axis: a mirrored brain is still a brain)."""
+    height, width, channels = image.shape
+    larger = (round(height * JITTER_SCALE), round(width * JITTER_SCALE))
+    image = tf.image.resize(image, larger, method="bilinear")
+    image = tf.image.random_crop(image, (height, width, channels))
+    return tf.image.random_flip_left_right(image)
+
+
 def training_batches(
-    images: tf.data.Dataset, batch_size: int, buffer_size: int, seed: int
+    images: tf.data.Dataset, batch_size: int, buffer_size: int, seed: int, augment: bool = False
 ) -> tf.data.Dataset:
-    """An endless stream of shuffled (batch, H, W, 1) batches of one domain."""
-    return (
-        images.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-    )
+    """An endless stream of shuffled (batch, H, W, 1) batches of one domain, each image
+    jittered anew at every epoch when `augment` (after the cache, so it stays cheap)."""
+    images = images.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
+    if augment:
+        images = images.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
+    return images.batch(batch_size, drop_remainder=True)
 
 
 @dataclass(frozen=True)
@@ -296,12 +311,14 @@ def make_training_data(config: TrainConfig, shuffle_seed: int) -> TrainingData:
         config.batch_size,
         config.buffer_size,
         shuffle_seed,
+        config.augment,
     )
     t2_batches = training_batches(
         preprocessed_dataset(t2_scan.entries, cache),
         config.batch_size,
         config.buffer_size,
         shuffle_seed + 1,
+        config.augment,
     )
     batches = tf.data.Dataset.zip((t1_batches, t2_batches)).prefetch(tf.data.AUTOTUNE)
     larger = max(len(t1_scan.entries), len(t2_scan.entries))

@@ -67,7 +67,18 @@ def peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=("unet",), default="unet")
+    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
+    parser.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
+    parser.add_argument(
+        "--pool_size", type=int, default=50, help="history pool (0: critics see new fakes only)"
+    )
+    for switch in ("mixed_precision", "xla"):
+        parser.add_argument(
+            f"--{switch}",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="as main.py: on with a GPU, off on CPU unless given",
+        )
     parser.add_argument("--size", type=int, default=256, help="image height and width")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -80,14 +91,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.flops import cyclegan_step_flops
     from config import TrainConfig
+    from training import use_mixed_precision, use_xla
 
     matmul = matmul_gflops()
-    config = TrainConfig(img_height=args.size, img_width=args.size, batch_size=args.batch)
+    config = TrainConfig(
+        img_height=args.size,
+        img_width=args.size,
+        batch_size=args.batch,
+        generator=args.generator,
+        upsample=args.upsample,
+        pool_size=args.pool_size,
+        mixed_precision=args.mixed_precision,
+        xla=args.xla,
+    )
     seconds, model = time_train_step(config, args.steps, args.warmup)
     median = statistics.median(seconds)
     gflop = cyclegan_step_flops(model.t1_to_t2, model.t1_critic, args.batch) / 1e9
     result = {
         "generator": args.generator,
+        "upsample": args.upsample,
+        "pool_size": args.pool_size,
+        "mixed_precision": use_mixed_precision(config),
+        "xla": use_xla(config),
         "size": args.size,
         "batch": args.batch,
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",

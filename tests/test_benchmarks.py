@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import mri_gan
 from benchmarks.flops import cyclegan_step_flops, forward_conv_flops
 from tests.conftest import REPO
@@ -39,9 +41,28 @@ def test_flop_count_of_the_256_unet_and_patchgan():
     assert abs(step / 2 / 1e9 - 313.5) / 313.5 < 0.05
 
 
-def test_train_step_benchmark_prints_its_summary():
+def test_flop_count_of_the_256_resnet_by_hand():
+    def conv(kernel, channels_in, channels_out, side):
+        return 2 * kernel * kernel * channels_in * channels_out * side * side
+
+    by_hand = (
+        conv(7, 1, 64, 256)  # c7s1-64
+        + conv(3, 64, 128, 128)  # d128
+        + conv(3, 128, 256, 64)  # d256
+        + 18 * conv(3, 256, 256, 64)  # 9 residual blocks of two convs
+        + conv(3, 256, 128, 64)  # u128: each of the 64x64 input pixels scatters a kernel
+        + conv(3, 128, 64, 128)  # u64
+        + conv(7, 64, 1, 256)  # c7s1-1
+    )
+    assert forward_conv_flops(mri_gan.resnet_generator(256, 256, "g")) == by_hand
+
+
+@pytest.mark.parametrize("generator", ["unet", "resnet"])
+def test_train_step_benchmark_prints_its_summary(generator):
     summary = run_module(
-        "benchmarks.train_step", "--size", "32", "--batch", "1", "--steps", "2", "--warmup", "1"
+        "benchmarks.train_step",
+        *("--generator", generator, "--size", "32", "--batch", "1"),
+        *("--steps", "2", "--warmup", "1"),
     )
     for key in (
         "median_s_per_step",
@@ -53,6 +74,8 @@ def test_train_step_benchmark_prints_its_summary():
     ):
         assert summary[key] > 0, key
     assert summary["size"] == 32 and summary["steps"] == 2
+    assert summary["generator"] == generator
+    assert (summary["mixed_precision"], summary["xla"]) == (False, False)  # CPU defaults
 
 
 def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
