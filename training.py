@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -82,7 +83,11 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     machines of the TF_CONFIG environment variable, each with its local GPUs.
     """
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            json.loads(os.environ.get("TF_CONFIG", "{}"))
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"TF_CONFIG cannot set up the workers: {first_line(error)}") from error
     if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

@@ -75,3 +75,25 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_dataset, tmp_
     rows = (output / "history.csv").read_text().splitlines()
     assert len(rows) == 2  # header and epoch 1, written once, by the chief
     assert not (output / "workers").exists()  # the worker's scratch dir is gone
+
+
+@pytest.mark.parametrize(
+    "tf_config, reason",
+    [
+        ('{"cluster": ', "Expecting value"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "3"),
+    ],
+)
+def test_a_bad_tf_config_is_one_line_naming_it(tmp_path, tf_config, reason):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--strategy", "multiworker"],
+        env={**os.environ, "TF_CONFIG": tf_config},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: TF_CONFIG cannot set up the workers") and reason in last
+    assert "Traceback" not in done.stderr
