@@ -88,9 +88,8 @@ def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
         # PyTorch's ConvTranspose2d(k, 2, padding=k // 2, output_padding=1), as the
         # reference ResNet has it: the full 2n + 1 output less its first row and column.
         x = layers.Conv2DTranspose(filters, kernel, strides=2, kernel_initializer=WEIGHT_INIT)(x)
-        return layers.Cropping2D(((kernel // 2, kernel // 2 - 1), (kernel // 2, kernel // 2 - 1)))(
-            x
-        )
+        crop = (kernel // 2, kernel // 2 - 1)
+        return layers.Cropping2D((crop, crop))(x)
     return layers.Conv2DTranspose(
         filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
     )(x)
@@ -141,10 +140,10 @@ def unet_generator(
     return keras.Model(inputs, outputs, name=name)
 
 
-def conv_norm_relu(x, filters: int, kernel: int, strides: int = 1, norm: bool = True):
+def conv_norm_relu(x, filters: int, kernel: int, strides: int = 1):
     """A `kernel` x `kernel` conv without padding (the caller pads), instance norm, ReLU."""
     x = layers.Conv2D(filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT)(x)
-    return layers.ReLU()(InstanceNormalization()(x)) if norm else x
+    return layers.ReLU()(InstanceNormalization()(x))
 
 
 def residual_block(x, filters: int):
