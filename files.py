@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import itertools
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         temporary.mkdir()
     try:
         yield temporary
+        pause_point(f"rename:{path.name}")
         os.replace(temporary, path)
     except BaseException:
         if temporary.is_dir():
@@ -34,3 +38,23 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         else:
             temporary.unlink(missing_ok=True)
         raise
+
+
+_pause_matches = itertools.count(1)  # next() is atomic: tf.data threads reach points too
+
+
+def pause_point(point: str) -> None:
+    """Tests only: stop here forever if MRI_GAN_TEST_PAUSE names `point`; else do nothing.
+
+    MRI_GAN_TEST_PAUSE=<glob>[@<n>] matches point names such as `checkpoint`, `step` or
+    `rename:history.csv`; at the n-th match (default the first) a marker line goes to
+    stderr, so that a test can SIGKILL the process at exactly this moment.
+    """
+    wanted = os.environ.get("MRI_GAN_TEST_PAUSE")
+    if not wanted:
+        return
+    pattern, _, nth = wanted.partition("@")
+    if fnmatch.fnmatchcase(point, pattern):
+        if next(_pause_matches) == int(nth or 1):
+            print(f"MRI_GAN_TEST_PAUSE at {point}", file=sys.stderr, flush=True)
+            threading.Event().wait()

@@ -32,7 +32,7 @@ import translation
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import TrainingData, make_training_data, sample_images
 from errors import DataError, first_line
-from files import atomic_path
+from files import atomic_path, pause_point
 from mri_gan import CycleGan, make_cyclegan
 
 log = logging.getLogger(__name__)
@@ -209,18 +209,30 @@ class RunCheckpoints:
         self.epoch.assign(epochs_done)
         numbers = [int(path.stem.rsplit("-", 1)[1]) for path in self.directory.glob("ckpt-*.index")]
         number = max(numbers, default=0) + 1
+        # A run killed while TensorFlow wrote checkpoint `number` left its temporary folder
+        # (no checkpoint of that number exists, or it would be numbered higher): remove it,
+        # or the stale partial file in it outlives this save.
+        remove_partial_checkpoint(self.directory, number)
+        # The callback runs once the files are written, before the manager records them.
+        written = tf.train.CheckpointOptions(
+            experimental_write_callbacks=[lambda: pause_point("checkpoint")]
+        )
         try:
-            return self.manager.save(checkpoint_number=number)
+            return self.manager.save(checkpoint_number=number, options=written)
         except tf.errors.OpError as error:
-            # Remove only this save's own partial files, never an earlier checkpoint.
-            for partial in self.directory.glob(f"ckpt-{number}_temp*"):
-                shutil.rmtree(partial, ignore_errors=True)
+            remove_partial_checkpoint(self.directory, number)
             reason = error.message.rsplit(";", 1)[-1].strip() or first_line(error)
             latest = self.manager.latest_checkpoint or "none yet"
             raise RunFailed(
                 f"could not write checkpoint {self.directory / f'ckpt-{number}'}: {reason}; "
                 f"the previous checkpoint ({latest}) is intact"
             ) from error
+
+
+def remove_partial_checkpoint(directory: Path, number: int) -> None:
+    """Remove TensorFlow's temporary files of checkpoint `number`, never a checkpoint."""
+    for partial in directory.glob(f"ckpt-{number}_temp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 @dataclass
@@ -327,6 +339,9 @@ class HistoryCsv(EpochEndCallback):
 
     The file is rewritten whole through a temporary file at each epoch, so it never
     ends with a half-written row; on resume, rows past the restored epoch are dropped.
+    It is written before the epoch's checkpoint: a kill between the two leaves a row
+    that the next run drops and writes again, where the other order would lose the row
+    of an epoch that the checkpoint counts as done.
     """
 
     def __init__(
@@ -350,6 +365,9 @@ class HistoryCsv(EpochEndCallback):
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        pause_point("step")  # for the kill tests: stop mid-epoch
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
         row = {"epoch": str(epoch), "seconds": f"{time.perf_counter() - self._started:.2f}"}
@@ -532,6 +550,23 @@ def write_summary_figures(config: TrainConfig, last_epoch: int) -> None:
     )
 
 
+def export_unless_done(model: CycleGan, config: TrainConfig, epoch: int) -> None:
+    """Export the generators of a finished run unless `export/` already holds epoch `epoch`'s.
+
+    A run killed after its last checkpoint but while exporting is finished for the next
+    run, which would otherwise leave the export missing or half new, half old.
+    `model.json` is written last, so its epoch says the whole export is of that epoch.
+    """
+    export_dir = config.output_dir / "export"
+    try:
+        exported = translation.read_model_info(export_dir / translation.MODEL_INFO_NAME)
+    except DataError:
+        exported = {}
+    if exported.get("epoch") != epoch:
+        log.info("The export in %s is incomplete: exporting epoch %d again.", export_dir, epoch)
+        translation.export_generators(model, config, export_dir, epoch=epoch)
+
+
 def build_model(config: TrainConfig) -> CycleGan:
     """The CycleGAN with its optimizers, compiled for `fit` (with XLA if `use_xla`).
 
@@ -594,6 +629,7 @@ def train(config: TrainConfig) -> TrainResult:
             config.epochs,
             restored,
         )
+        export_unless_done(model, config, start_epoch)
         write_summary_figures(config, start_epoch)
         return TrainResult(start_epoch, start_epoch)
     if restored:
