@@ -423,11 +423,14 @@ class PairedEvaluation(EpochEndCallback):
         checkpoint = tf.train.Checkpoint(epoch=self.epoch, **generators)
         self.manager = tf.train.CheckpointManager(checkpoint, str(best_dir), max_to_keep=1)
         self.best_file = best_dir / "best.json"
-        self.best = (
-            json.loads(self.best_file.read_text())["mean_ssim"]
-            if self.best_file.is_file()
-            else -math.inf
-        )
+        self.best = -math.inf
+        if self.best_file.is_file():
+            recorded = json.loads(self.best_file.read_text())
+            # A run killed between saving the best generators and writing best.json
+            # leaves it naming older ones: then the score is unknown, and the next
+            # evaluation sets a new best.
+            if recorded.get("checkpoint") == self.manager.latest_checkpoint:
+                self.best = recorded["mean_ssim"]
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
         if epoch % self.every and epoch != self.last_epoch:
@@ -629,8 +632,9 @@ def train(config: TrainConfig) -> TrainResult:
             config.epochs,
             restored,
         )
-        export_unless_done(model, config, start_epoch)
-        write_summary_figures(config, start_epoch)
+        if chief:
+            export_unless_done(model, config, start_epoch)
+            write_summary_figures(config, start_epoch)
         return TrainResult(start_epoch, start_epoch)
     if restored:
         log.info(

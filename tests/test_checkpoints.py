@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,21 @@ def test_a_checkpoint_of_another_image_size_is_refused(tmp_path):
 
 def test_an_empty_checkpoint_dir_starts_at_epoch_zero(tmp_path):
     assert RunCheckpoints(small_model(), tmp_path / "none", keep=3).restore() == (0, None)
+
+
+def test_best_json_naming_older_generators_than_the_best_checkpoint_is_not_trusted(tmp_path):
+    from training import Interruption, PairedEvaluation
+
+    model = small_model()
+
+    def tracker():
+        return PairedEvaluation(Interruption(), None, 1, 3, model, tmp_path / "best")
+
+    first = tracker()
+    saved = first.manager.save(checkpoint_number=1)
+    record = {"checkpoint": saved, "mean_ssim": 0.5}
+    (tmp_path / "best" / "best.json").write_text(json.dumps(record))
+    assert tracker().best == 0.5
+    # Killed after saving newer best generators, before best.json named them.
+    first.manager.save(checkpoint_number=2)
+    assert tracker().best == -math.inf

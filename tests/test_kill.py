@@ -66,10 +66,10 @@ def newest_checkpoint(checkpoint_dir: Path):
 
 
 def epochs_and_steps(reader) -> tuple[int, int]:
-    """A checkpoint's epoch counter and its four optimizers' step count (one if they agree)."""
+    """A checkpoint's epoch counter and its two optimizers' step count (one if they agree)."""
     steps = {
-        int(reader.get_tensor(f"{network}_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
-        for network in ("t1_to_t2", "t2_to_t1", "t1_critic", "t2_critic")
+        int(reader.get_tensor(f"{group}_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+        for group in ("generators", "critics")
     }
     assert len(steps) == 1, f"the optimizers disagree: {steps}"
     return int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")), steps.pop()
