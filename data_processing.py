@@ -1,64 +1,103 @@
-"""Files to batches: find images, read them, preprocess them with ANTsPy once, batch them.
+"""Files to batches: find images and volumes, preprocess them with ANTsPy once, batch them.
 
-The flow is one way: image files -> grayscale float32 arrays -> N4 bias correction,
-normalization to [0, 1] and resampling (ANTsPy, in `tf.py_function` inside a parallel
-`tf.data` map) -> an on-disk cache keyed by file content and parameters, and an
-in-memory `tf.data` cache -> [-1, 1] tensors -> shuffled, repeated batches.
+The flow is one way: image files and NIfTI volumes -> the ANTsPy preprocessing of
+`preprocessing.py` (N4, normalization to [0, 1], slicing of volumes, resampling), once per
+file, in parallel worker processes -> an on-disk cache keyed by file content and
+parameters -> a `tf.data` pipeline that reads the cache, keeps the tensors in memory ->
+[-1, 1] tensors -> shuffled, repeated batches.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import multiprocessing
+import os
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
 from config import TrainConfig
 from errors import DataError
 from files import atomic_path
 
+# Re-exported: translation, evaluation and the tests take the preprocessing from here.
+from preprocessing import (  # noqa: F401
+    MIN_INPUT_SIDE,
+    Preprocessed,
+    foreground_mask,
+    normalize_intensity,
+    preprocess_file,
+    preprocess_or_reason,
+    preprocess_slice,
+    read_grayscale,
+    start_worker,
+)
+from volumes import NIFTI_SUFFIXES, is_nifti
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-# Below this an image holds too little anatomy to resample to a training size.
-MIN_INPUT_SIDE = 16
 # Bump when preprocessing changes, so old cache entries are never reused.
 PREPROCESS_VERSION = 1
+# A worker process takes about 3 s to start (Python, nibabel, ANTsPy); below this much
+# input, a few seconds of preprocessing, one process is done before a pool has started.
+POOL_MIN_BYTES = 2_000_000
 
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One usable image file and the cache key of its preprocessed form."""
+    """One training slice: an image file, or one slice of a NIfTI volume.
+
+    key: the cache key of the file (image or volume). slice_index: None for an image;
+    for a volume, the slice's position in `volumes.generator_view` of the volume.
+    """
 
     path: Path
     key: str
+    slice_index: int | None = None
+
+    @property
+    def cache_key(self) -> str:
+        """The key of this slice's own cache entry."""
+        return self.key if self.slice_index is None else f"{self.key}-{self.slice_index:04d}"
 
 
 @dataclass(frozen=True)
 class ScanResult:
-    """The usable images of one data dir and why the others were skipped."""
+    """The usable slices of one data dir and the files that were skipped, and why."""
 
     entries: tuple[ImageEntry, ...]
     skipped: tuple[tuple[Path, str], ...]
+    volumes: int = 0
 
     def summary(self, label: str) -> str:
         reasons = Counter(reason for _, reason in self.skipped)
         why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
-        return f"{label}: {len(self.entries)} images used, {len(self.skipped)} skipped" + (
-            f" ({why})" if why else ""
+        from_volumes = sum(entry.slice_index is not None for entry in self.entries)
+        of_volumes = (
+            f" ({from_volumes} slices of {self.volumes} volume{'s' * (self.volumes != 1)})"
+            if self.volumes
+            else ""
+        )
+        return (
+            f"{label}: {len(self.entries)} images used{of_volumes}, "
+            f"{len(self.skipped)} skipped" + (f" ({why})" if why else "")
         )
 
 
-def find_images(data_dir: Path) -> list[Path]:
-    """All image files under `data_dir`, searched recursively, sorted by path.
+def find_images(data_dir: Path, volumes: bool = False) -> list[Path]:
+    """All image files under `data_dir` (and NIfTI volumes if `volumes`), recursively, sorted.
 
-    Raises DataError if `data_dir` is missing, is not a directory, or holds no image file.
+    Raises DataError if `data_dir` is missing, is not a directory, or holds no such file.
     """
     if not data_dir.exists():
         raise DataError(f"data dir {data_dir} does not exist")
@@ -67,89 +106,13 @@ def find_images(data_dir: Path) -> list[Path]:
     paths = sorted(
         path
         for path in data_dir.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        if (path.suffix.lower() in IMAGE_SUFFIXES or (volumes and is_nifti(path)))
+        and path.is_file()
     )
     if not paths:
-        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES) + (list(NIFTI_SUFFIXES) if volumes else []))
         raise DataError(f"data dir {data_dir} holds no image file ({suffixes})")
     return paths
-
-
-def read_grayscale(path: Path) -> np.ndarray:
-    """Read an image file as one float32 channel of shape (H, W), at full precision.
-
-    16-bit and 32-bit images keep their values (a 16-bit PNG gives 0..65535);
-    colour, palette and bilevel images are converted to 8-bit grayscale first.
-    Raises ValueError with a short reason if the file cannot be used.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):
-                image = image.convert("L")
-            array = np.asarray(image, dtype=np.float32)
-    except UnidentifiedImageError as error:
-        raise ValueError("not an image") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError("unreadable or truncated image") from error
-    if array.ndim != 2:
-        raise ValueError(f"unexpected image shape {array.shape}")
-    if min(array.shape) < MIN_INPUT_SIDE:
-        raise ValueError(f"smaller than {MIN_INPUT_SIDE} px")
-    if not np.isfinite(array).all():
-        raise ValueError("contains NaN or Inf")
-    return array
-
-
-def foreground_mask(array: np.ndarray) -> np.ndarray:
-    """Pixels brighter than 5 % of the bright end of the image: the head, not the air."""
-    low = float(array.min())
-    high = float(np.percentile(array, 99))
-    return array > low + 0.05 * (high - low)
-
-
-def normalize_intensity(
-    array: np.ndarray, mask: np.ndarray | None = None, upper_percentile: float = 99.5
-) -> np.ndarray:
-    """Map an image to [0, 1]: its minimum to 0, its `upper_percentile` to 1, clipped.
-
-    The percentile is taken over `mask` when given, so a few hot pixels or a small
-    head in a large field of view do not set the scale. A constant image gives zeros.
-    """
-    low = float(array.min())
-    values = array[mask] if mask is not None and mask.any() else array
-    high = float(np.percentile(values, upper_percentile))
-    if not high - low > 1e-12:
-        return np.zeros(array.shape, np.float32)
-    return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
-
-
-def preprocess_slice(array: np.ndarray, height: int, width: int, n4: bool = True) -> np.ndarray:
-    """N4 bias correction, normalization to [0, 1] and resampling with ANTsPy.
-
-    Takes a 2-D float array of any size; returns float32 (height, width) in [0, 1].
-    """
-    import ants
-
-    array = np.asarray(array, np.float32)
-    if not float(array.max() - array.min()) > 0:
-        return np.zeros((height, width), np.float32)
-    # N4 works on log intensities, so it needs positive values.
-    array = array - array.min()
-    mask = foreground_mask(array)
-    image = ants.from_numpy(array)
-    # N4 needs enough foreground to fit its B-spline bias field.
-    if n4 and mask.sum() >= 64:
-        # Shrink so N4 works on about a 64-pixel grid: ANTs' default (4) at 256 px,
-        # and bounded cost for larger images.
-        shrink = max(1, round(max(array.shape) / 64))
-        ants_mask = ants.from_numpy(mask.astype(np.float32))
-        image = ants.n4_bias_field_correction(image, mask=ants_mask, shrink_factor=shrink)
-    normalized = normalize_intensity(image.numpy(), mask)
-    resampled = ants.resample_image(
-        ants.from_numpy(normalized), (height, width), use_voxels=True, interp_type=0
-    )
-    return np.clip(resampled.numpy(), 0.0, 1.0).astype(np.float32)
 
 
 def preprocess_params(config: TrainConfig) -> str:
@@ -157,102 +120,277 @@ def preprocess_params(config: TrainConfig) -> str:
     return f"v{PREPROCESS_VERSION}|n4={config.n4}|size={config.img_height}x{config.img_width}"
 
 
-class PreprocessCache:
-    """Preprocessed images on disk, keyed by file content and preprocessing settings.
+def volume_params(config: TrainConfig) -> str:
+    """The settings that a volume's cache entries depend on: an image's, and the slicing."""
+    return (
+        f"{preprocess_params(config)}|volume|axis={config.slice_axis}"
+        f"|min_foreground={config.min_foreground!r}"
+    )
 
-    Entries are written to a temporary name and renamed, so a crash never leaves a
-    half-written entry under a real key. Thread-safe: tf.data calls it in parallel.
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file to preprocess: its path, the cache key of its content, and its size in bytes."""
+
+    path: Path
+    key: str
+    size: int
+
+
+class PreprocessCache:
+    """Preprocessed slices on disk, keyed by file content and preprocessing settings.
+
+    An image is one `<key>.npy`. A volume is one `<key>-<slice>.npy` per kept slice and a
+    manifest `<key>.json` listing them, written after them: until the manifest is there,
+    the volume is not cached. Every file is written to a temporary name and renamed, so a
+    crash never leaves a half-written entry under a real name. Thread-safe: tf.data reads
+    it in parallel. Counters: `misses` slices made, `hits` slices read, `n4_calls` and
+    `files_preprocessed` the ANTs work done by this process and its workers.
     """
 
     def __init__(self, cache_dir: Path, config: TrainConfig) -> None:
         self.cache_dir = cache_dir
         self.config = config
         self.params = preprocess_params(config)
+        self.volume_params = volume_params(config)
         self.hits = 0
         self.misses = 0
+        self.n4_calls = 0
+        self.files_preprocessed = 0
+        self.processes = 0  # how many processes the last `make_all` ran ANTs in
         self._lock = threading.Lock()
 
-    def key_of(self, content: bytes) -> str:
-        return hashlib.sha256(self.params.encode() + b"\0" + content).hexdigest()
+    def key_of(self, content: bytes, volume: bool = False) -> str:
+        params = self.volume_params if volume else self.params
+        return hashlib.sha256(params.encode() + b"\0" + content).hexdigest()
 
     def path_of(self, key: str) -> Path:
         return self.cache_dir / f"{key}.npy"
 
+    def manifest_of(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.json"
+
     def has(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
-    def load_or_make(self, path: Path, key: str) -> np.ndarray:
-        """The preprocessed image of `path` in [0, 1], from the cache or made now."""
-        entry = self.path_of(key)
+    def cached_entries(self, path: Path, key: str) -> tuple[ImageEntry, ...] | None:
+        """The slices of `path` (content key `key`) if all are cached, else None.
+
+        Needs no decoding of the file: an image's entry, or a volume's manifest.
+        """
+        if not is_nifti(path):
+            return (ImageEntry(path, key),) if self.has(key) else None
         try:
-            array = np.load(entry, allow_pickle=False)
+            indices = json.loads(self.manifest_of(key).read_text())["slices"]
+            entries = tuple(ImageEntry(path, key, int(index)) for index in indices)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return entries if entries and all(self.has(e.cache_key) for e in entries) else None
+
+    def store(self, path: Path, key: str, made: Preprocessed) -> tuple[ImageEntry, ...]:
+        """Write the slices that `preprocess_file` made of `path`; its entries."""
+        if not is_nifti(path):
+            entries = (ImageEntry(path, key),)
+        else:
+            entries = tuple(ImageEntry(path, key, index) for index in made.indices)
+        for entry, array in zip(entries, made.slices, strict=True):
+            self._write(self.path_of(entry.cache_key), array)
+        if is_nifti(path):
+            # Last, so that a volume whose slices are not all written is not cached.
+            with atomic_path(self.manifest_of(key)) as temporary:
+                manifest = {"source": path.name, "params": self.volume_params}
+                temporary.write_text(json.dumps({**manifest, "slices": list(made.indices)}))
+        with self._lock:
+            self.misses += len(entries)
+            self.n4_calls += made.n4_calls
+            self.files_preprocessed += 1
+        return entries
+
+    def load(self, entry: ImageEntry) -> np.ndarray:
+        """The preprocessed slice of `entry`, (H, W) in [0, 1], from the cache or made now."""
+        try:
+            array = np.load(self.path_of(entry.cache_key), allow_pickle=False)
             if array.shape == self.config.image_shape and array.dtype == np.float32:
                 with self._lock:
                     self.hits += 1
                 return array
         except (OSError, ValueError):
             pass
-        array = preprocess_slice(
-            read_grayscale(path), self.config.img_height, self.config.img_width, self.config.n4
-        )
-        self._write(entry, array)
-        with self._lock:
-            self.misses += 1
-        return array
+        made = preprocess_file(entry.path, self.config)
+        self.store(entry.path, entry.key, made)
+        return made.slices[made.indices.index(entry.slice_index or 0)]
+
+    def load_or_make(self, path: Path, key: str) -> np.ndarray:
+        """The preprocessed image of `path` in [0, 1], from the cache or made now."""
+        return self.load(ImageEntry(path, key))
+
+    def make_all(
+        self, files: Sequence[PendingFile], workers: int | None = None, progress: bool = False
+    ) -> dict[str, tuple[ImageEntry, ...] | str]:
+        """Preprocess `files` and cache them: each key's entries, or why it was skipped.
+
+        workers: processes to use; None for every core when there is enough work to pay
+        for starting them (POOL_MIN_BYTES). ANTs holds Python's lock while it runs, so
+        only processes, not threads, run it in parallel.
+        """
+        if workers is None:
+            enough = sum(file.size for file in files) >= POOL_MIN_BYTES
+            workers = available_cores() if enough else 1
+        workers = max(1, min(workers, len(files)))
+        self.processes = workers if files else 0
+        if files:
+            volumes = sum(is_nifti(file.path) for file in files)
+            log.info(
+                "Preprocessing %d files (%d NIfTI volumes) with ANTsPy in %d process%s; "
+                "later runs read them from %s",
+                len(files),
+                volumes,
+                workers,
+                "es" * (workers > 1),
+                self.cache_dir,
+            )
+        bar = keras.utils.Progbar(len(files), unit_name="file") if progress and files else None
+        outcomes: dict[str, tuple[ImageEntry, ...] | str] = {}
+        for file, made in preprocess_in_parallel(files, self.config, workers):
+            outcomes[file.key] = (
+                made if isinstance(made, str) else self.store(file.path, file.key, made)
+            )
+            if bar is not None:
+                bar.add(1)
+        return outcomes
 
     def _write(self, entry: Path, array: np.ndarray) -> None:
         with atomic_path(entry) as temporary, open(temporary, "wb") as stream:
             np.save(stream, array, allow_pickle=False)
 
 
-def scan_images(data_dir: Path, cache: PreprocessCache) -> ScanResult:
-    """Find the images of `data_dir`, key each by content, and skip unusable files.
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
 
-    A file already in the cache is known good and is not decoded again; any other is
-    decoded once here so that a bad file is reported now, with a warning naming it.
+
+def preprocess_in_parallel(
+    files: Sequence[PendingFile], config: TrainConfig, workers: int
+) -> Iterator[tuple[PendingFile, Preprocessed | str]]:
+    """`preprocess_file` of each file as it finishes: its result, or why it is unusable.
+
+    With more than one worker, in a pool of fresh ('spawn') processes: this one has
+    TensorFlow's threads running, which a fork would copy in an unknown state; the
+    workers import `preprocessing` only, not TensorFlow, so they start in seconds. Each
+    worker gets an equal share of the cores for ITK's own threads, so that they do not
+    oversubscribe the machine.
     """
-    entries: list[ImageEntry] = []
-    skipped: list[tuple[Path, str]] = []
-    for path in find_images(data_dir):
+    if workers <= 1:
+        for file in files:
+            yield file, preprocess_or_reason(file.path, config)
+        return
+    context = multiprocessing.get_context("spawn")
+    itk_threads = max(1, available_cores() // workers)
+    with ProcessPoolExecutor(workers, context, start_worker, (itk_threads,)) as pool:
+        futures = {pool.submit(preprocess_or_reason, file.path, config): file for file in files}
         try:
-            content = path.read_bytes()
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            # Ctrl-C or an error: do not wait for the files not yet started.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def scan_data_dirs(
+    data_dirs: Sequence[Path],
+    cache: PreprocessCache,
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[ScanResult]:
+    """Find the images and volumes of each data dir, preprocess those not cached, skip bad ones.
+
+    Files are keyed by content; a file already in the cache is not decoded at all (a
+    volume's manifest lists its slices). The others are preprocessed once, all dirs
+    together, in `workers` processes (see `PreprocessCache.make_all`); a bad file is
+    reported with a warning naming it and the reason. Raises DataError for a dir with no
+    usable file.
+    """
+    # Per dir: each file with its cached entries, its content key, or why it is unusable.
+    found: list[list[tuple[Path, tuple[ImageEntry, ...] | str]]] = []
+    pending: dict[str, PendingFile] = {}
+    for data_dir in data_dirs:
+        files: list[tuple[Path, tuple[ImageEntry, ...] | str]] = []
+        for path in find_images(data_dir, volumes=True):
+            try:
+                content = path.read_bytes()
+            except OSError:
+                files.append((path, "unreadable file"))
+                continue
             if not content:
-                raise ValueError("empty file")
-            key = cache.key_of(content)
-            if not cache.has(key):
-                read_grayscale(path)
-        except OSError:
-            reason = "unreadable file"
-        except ValueError as error:
-            reason = str(error)
-        else:
-            entries.append(ImageEntry(path, key))
-            continue
-        log.warning("warning: skipped %s: %s", path, reason)
-        skipped.append((path, reason))
-    if not entries:
-        raise DataError(f"data dir {data_dir} holds no readable image")
-    return ScanResult(tuple(entries), tuple(skipped))
+                files.append((path, "empty file"))
+                continue
+            key = cache.key_of(content, volume=is_nifti(path))
+            cached = cache.cached_entries(path, key)
+            if cached is None and key not in pending:
+                pending[key] = PendingFile(path, key, len(content))
+            files.append((path, cached or key))
+        found.append(files)
+    made = cache.make_all(list(pending.values()), workers, progress)
+
+    results = []
+    for data_dir, files in zip(data_dirs, found, strict=True):
+        entries: list[ImageEntry] = []
+        skipped: list[tuple[Path, str]] = []
+        volumes = 0
+        for path, outcome in files:
+            if isinstance(outcome, str) and outcome in made:
+                outcome = made[outcome]
+            if isinstance(outcome, tuple):
+                # A copy of a file found elsewhere shares its entries, under its own name.
+                entries.extend(replace(entry, path=path) for entry in outcome)
+                volumes += is_nifti(path)
+                continue
+            log.warning("warning: skipped %s: %s", path, outcome)
+            skipped.append((path, outcome))
+        if not entries:
+            raise DataError(f"data dir {data_dir} holds no readable image")
+        results.append(ScanResult(tuple(entries), tuple(skipped), volumes))
+    return results
+
+
+def scan_images(
+    data_dir: Path, cache: PreprocessCache, workers: int | None = None, progress: bool = False
+) -> ScanResult:
+    """`scan_data_dirs` of one data dir."""
+    [result] = scan_data_dirs([data_dir], cache, workers, progress)
+    return result
 
 
 def preprocessed_dataset(
     entries: tuple[ImageEntry, ...], cache: PreprocessCache
 ) -> tf.data.Dataset:
-    """Preprocessed images in [-1, 1], shape (H, W, 1), in file order, cached in memory."""
+    """Preprocessed slices in [-1, 1], shape (H, W, 1), in entry order, cached in memory.
+
+    The slices are read from the on-disk cache (`scan_data_dirs` made them); ANTs runs
+    here only for an entry that went missing since.
+    """
     height, width = cache.config.image_shape
 
-    def load(path: tf.Tensor, key: tf.Tensor) -> np.ndarray:
-        return cache.load_or_make(Path(path.numpy().decode()), key.numpy().decode())
+    def load(path: tf.Tensor, key: tf.Tensor, index: tf.Tensor) -> np.ndarray:
+        slice_index = int(index.numpy())
+        entry = ImageEntry(
+            Path(path.numpy().decode()),
+            key.numpy().decode(),
+            None if slice_index < 0 else slice_index,
+        )
+        return cache.load(entry)
 
-    def load_tensor(path: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-        image = tf.py_function(load, [path, key], tf.float32)
+    def load_tensor(path: tf.Tensor, key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        image = tf.py_function(load, [path, key, index], tf.float32)
         image = tf.ensure_shape(image, (height, width))
         return image[..., tf.newaxis] * 2.0 - 1.0
 
     paths = [str(entry.path) for entry in entries]
     keys = [entry.key for entry in entries]
+    indices = [-1 if entry.slice_index is None else entry.slice_index for entry in entries]
     return (
-        tf.data.Dataset.from_tensor_slices((paths, keys))
+        tf.data.Dataset.from_tensor_slices((paths, keys, indices))
         .map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()
     )
@@ -295,15 +433,20 @@ class TrainingData:
     cache: PreprocessCache
 
 
-def make_training_data(config: TrainConfig, shuffle_seed: int) -> TrainingData:
-    """Scan both data dirs and build the (t1_batch, t2_batch) stream.
+def make_training_data(
+    config: TrainConfig, shuffle_seed: int, workers: int | None = None
+) -> TrainingData:
+    """Scan both data dirs, preprocess what is not cached, build the (t1_batch, t2_batch) stream.
+
+    workers: preprocessing processes (see `PreprocessCache.make_all`; None: automatic).
 
     An epoch is one pass over the larger domain; the smaller one repeats, as in the
     reference CycleGAN. Raises DataError for a data dir training cannot use.
     """
     cache = PreprocessCache(config.resolved_cache_dir, config)
-    t1_scan = scan_images(config.data_dir_t1, cache)
-    t2_scan = scan_images(config.data_dir_t2, cache)
+    t1_scan, t2_scan = scan_data_dirs(
+        [config.data_dir_t1, config.data_dir_t2], cache, workers, progress=config.verbose == 1
+    )
     for label, scan in (("T1", t1_scan), ("T2", t2_scan)):
         log.info("%s", scan.summary(label))
     t1_batches = training_batches(
@@ -330,6 +473,5 @@ def sample_images(
     entries: tuple[ImageEntry, ...], cache: PreprocessCache, count: int
 ) -> np.ndarray:
     """The first `count` images of a domain, preprocessed, as (count, H, W, 1) in [-1, 1]."""
-    chosen = entries[:count]
-    arrays = [cache.load_or_make(entry.path, entry.key) for entry in chosen]
+    arrays = [cache.load(entry) for entry in entries[:count]]
     return np.stack(arrays)[..., np.newaxis] * 2.0 - 1.0

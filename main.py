@@ -42,9 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     def add(flag: str, help: str, **kwargs) -> None:
         parser.add_argument(f"--{flag}", default=default_of(flag), help=help, **kwargs)
 
-    data = "searched recursively for .png .jpg .jpeg .tif .tiff .bmp (16-bit kept)"
-    add("data_dir_t1", f"folder of T1-weighted images, {data}", type=Path)
-    add("data_dir_t2", f"folder of T2-weighted images, {data}", type=Path)
+    data = (
+        "searched recursively for .png .jpg .jpeg .tif .tiff .bmp slices (16-bit kept) and "
+        ".nii .nii.gz volumes (cut into --slice_axis slices, as translate.py cuts them)"
+    )
+    add("data_dir_t1", f"folder of T1-weighted slices and/or volumes, {data}", type=Path)
+    add("data_dir_t2", f"folder of T2-weighted slices and/or volumes, {data}", type=Path)
     add(
         "img_height",
         "training image height in px: a multiple of 16, at least 32",

@@ -48,6 +48,7 @@ from files import atomic_path
 
 # Importing mri_gan registers InstanceNormalization, so `.keras` files load in safe mode.
 from mri_gan import GENERATORS, CycleGan, make_cyclegan
+from volumes import from_generator_view, generator_view
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ DIRECTIONS = ("t1_to_t2", "t2_to_t1")
 CONTRASTS = {"t1_to_t2": ("T1-weighted", "T2-weighted"), "t2_to_t1": ("T2-weighted", "T1-weighted")}
 MODEL_INFO_NAME = "model.json"
 EXPORT_FORMAT_VERSION = 1
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Which image formats can hold which output dtypes; JPEG and BMP are never written.
 WRITABLE_DTYPES = {
     ".png": ("uint8", "uint16"),
@@ -70,8 +70,6 @@ UPPER_PERCENTILE = 99.5
 # A slice with less foreground than this fraction of its pixels is background: it is
 # written as background (0 in [0, 1]) without being shown to the generator.
 MIN_FOREGROUND_FRACTION = 0.01
-# The RAS world axis normal to each named slice plane.
-PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -528,32 +526,6 @@ def translate_volume(
     return nifti_like(image, values, description)
 
 
-def generator_view(volume: np.ndarray, affine: np.ndarray, axis: str | int = "axial") -> np.ndarray:
-    """A volume's slices as the generator sees them: (slices, rows, columns).
-
-    The volume is flipped and permuted to the closest RAS orientation, cut along the RAS
-    axis that `axis` names (see `translate_volume`), and each slice is rotated 90 degrees
-    as `dataset/make_demo.py` made the training PNGs from its RAS volumes: anterior up
-    for axial slices, superior up for coronal and sagittal ones.
-    """
-    orientation = voxel_orientation(affine)
-    canonical = nib.orientations.apply_orientation(volume, orientation)
-    stack = np.moveaxis(canonical, slice_axis_of(axis, orientation), 0)
-    return np.ascontiguousarray(np.rot90(stack, axes=(1, 2)))
-
-
-def from_generator_view(
-    slices: np.ndarray, affine: np.ndarray, axis: str | int = "axial"
-) -> np.ndarray:
-    """The inverse of `generator_view`: (slices, rows, columns) back to the voxel order."""
-    orientation = voxel_orientation(affine)
-    stack = np.rot90(slices, -1, axes=(1, 2))
-    canonical = np.moveaxis(stack, 0, slice_axis_of(axis, orientation))
-    return np.ascontiguousarray(
-        nib.orientations.apply_orientation(canonical, inverse_orientation(orientation))
-    )
-
-
 def volume_data(image: nib.Nifti1Image) -> np.ndarray:
     """The voxels of a 3-D image as float32; NaN and Inf become the finite minimum."""
     check_volume_shape(image.shape, "volume")
@@ -576,28 +548,6 @@ def check_volume_shape(shape: tuple[int, ...], what: str) -> None:
         )
 
 
-def voxel_orientation(affine: np.ndarray) -> np.ndarray:
-    """nibabel orientation taking the voxel axes to the closest RAS axes (identity if singular)."""
-    orientation = nib.orientations.io_orientation(affine)
-    if np.isnan(orientation).any():
-        return nib.orientations.axcodes2ornt("RAS")
-    return orientation
-
-
-def inverse_orientation(orientation: np.ndarray) -> np.ndarray:
-    """The nibabel orientation that undoes `apply_orientation(..., orientation)`."""
-    return nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)
-
-
-def slice_axis_of(axis: str | int, orientation: np.ndarray) -> int:
-    """The RAS axis to slice along, for a plane name or a voxel axis of the input."""
-    if isinstance(axis, str) and axis in PLANE_AXES:
-        return PLANE_AXES[axis]
-    if str(axis) in ("0", "1", "2"):
-        return int(orientation[int(axis), 0])
-    raise ValueError(f"axis must be one of {(*PLANE_AXES, 0, 1, 2)}, got {axis!r}")
-
-
 def nifti_like(image: nib.Nifti1Image, data: np.ndarray, description: str = "") -> nib.Nifti1Image:
     """A new image of `image`'s class, affine and header (qform, sform, zooms) holding `data`.
 
@@ -611,10 +561,6 @@ def nifti_like(image: nib.Nifti1Image, data: np.ndarray, description: str = "") 
     if description:
         header["descrip"] = description[:79].encode()
     return image.__class__(data, image.affine, header)
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_nifti(path: Path) -> nib.Nifti1Image:

@@ -14,8 +14,9 @@ from PIL import Image
 
 import data_processing as dp
 from config import TrainConfig
-from tests.conftest import head_slice, write_png_folder
+from tests.conftest import head_slice, tiny_run_args, write_png_folder
 from tests.test_main import run_main
+from tests.test_nifti_input import head_volume, write_volume
 
 
 def cache_in(tmp_path, **settings) -> dp.PreprocessCache:
@@ -154,3 +155,53 @@ def test_an_unwritable_output_or_cache_dir_is_a_one_line_error(tmp_path, flag):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert str(target) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_bad_volume_is_skipped_with_its_reason(tmp_path, caplog):
+    folder = tmp_path / "data"
+    write_volume(folder / "good.nii.gz", head_volume())
+    whole = write_volume(tmp_path / "whole.nii.gz", head_volume(1)).read_bytes()
+    (folder / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.nii").write_text("a text file with a NIfTI name")
+    write_volume(folder / "flat.nii.gz", head_volume()[:, :, 5])
+    write_volume(folder / "series.nii.gz", np.stack([head_volume()] * 2, axis=-1))
+    nan = head_volume()
+    nan[20, 20, 5], nan[3, 3, 3] = np.nan, np.inf
+    write_volume(folder / "nan.nii.gz", nan)
+    write_volume(folder / "air.nii.gz", np.zeros((40, 48, 12), np.float32))
+    (folder / "empty.nii.gz").write_bytes(b"")
+
+    with caplog.at_level(logging.WARNING):
+        scan = dp.scan_images(folder, cache_in(tmp_path, n4=False), workers=1)
+
+    assert {entry.path.name for entry in scan.entries} == {"good.nii.gz"}
+    assert dict((path.name, reason) for path, reason in scan.skipped) == {
+        "air.nii.gz": "no axial slice with 5% foreground",
+        "cut.nii.gz": "unreadable or truncated NIfTI",
+        "empty.nii.gz": "empty file",
+        "flat.nii.gz": "2-D, not a 3-D volume",
+        "nan.nii.gz": "contains NaN or Inf",
+        "notes.nii": "unreadable or truncated NIfTI",
+        "series.nii.gz": "4-D, not a 3-D volume",
+    }
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for path, _ in scan.skipped:
+        assert str(path) in warned
+    assert scan.summary("T1") == (
+        "T1: 8 images used (8 slices of 1 volume), 7 skipped (1 2-D, not a 3-D volume, "
+        "1 4-D, not a 3-D volume, 1 contains NaN or Inf, 1 empty file, "
+        "1 no axial slice with 5% foreground, 2 unreadable or truncated NIfTI)"
+    )
+
+
+def test_a_dir_of_bad_volumes_is_a_one_line_error(tmp_path):
+    t1 = tmp_path / "t1"
+    write_volume(t1 / "air.nii.gz", np.zeros((40, 48, 12), np.float32))
+    write_png_folder(tmp_path / "t2", 2, 40, 120, seed=0)
+
+    result = run_main(*tiny_run_args(t1, tmp_path / "t2", tmp_path / "out"))
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: data dir {t1} holds no readable image"
+    assert "air.nii.gz: no axial slice with 5% foreground" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,259 @@
+"""ANTsPy preprocessing of one input file: an image or a NIfTI volume -> [0, 1] training slices.
+
+Images: grayscale float32 -> N4 bias correction -> normalization to [0, 1] -> resampling
+to the training size. Volumes: read once -> one 3-D N4 -> normalization over the whole
+volume -> cut into slices as translation shows them (`volumes.generator_view`) -> slices
+with too little head dropped -> each resampled to the training size.
+
+No TensorFlow here, so the worker processes that run this in parallel start in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from config import TrainConfig
+from volumes import generator_view, is_nifti
+
+# Below this an image holds too little anatomy to resample to a training size.
+MIN_INPUT_SIDE = 16
+# N4 needs enough foreground to fit its B-spline bias field.
+MIN_N4_FOREGROUND = 64
+# N4 works on a grid shrunk to about this many voxels per side: ANTs' default shrink
+# factor 4 at 256 px, and a bounded cost for larger inputs.
+N4_GRID_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The training slices of one file, and how much ANTs work making them took.
+
+    slices: float32 (count, height, width) in [0, 1]. indices: for a volume, the position
+    of each slice in `volumes.generator_view` of the volume; (0,) for an image.
+    n4_calls: how many times N4 ran (0 or 1: a volume is corrected in one 3-D call).
+    """
+
+    slices: np.ndarray
+    indices: tuple[int, ...]
+    n4_calls: int
+
+
+def read_grayscale(path: Path) -> np.ndarray:
+    """Read an image file as one float32 channel of shape (H, W), at full precision.
+
+    16-bit and 32-bit images keep their values (a 16-bit PNG gives 0..65535);
+    colour, palette and bilevel images are converted to 8-bit grayscale first.
+    Raises ValueError with a short reason if the file cannot be used.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):
+                image = image.convert("L")
+            array = np.asarray(image, dtype=np.float32)
+    except UnidentifiedImageError as error:
+        raise ValueError("not an image") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError("unreadable or truncated image") from error
+    if array.ndim != 2:
+        raise ValueError(f"unexpected image shape {array.shape}")
+    if min(array.shape) < MIN_INPUT_SIDE:
+        raise ValueError(f"smaller than {MIN_INPUT_SIDE} px")
+    if not np.isfinite(array).all():
+        raise ValueError("contains NaN or Inf")
+    return array
+
+
+def read_volume(path: Path) -> nib.Nifti1Image:
+    """A 3-D NIfTI volume (.nii or .nii.gz) with finite voxels, fully read.
+
+    Raises ValueError with a short reason (the same for every such file, so that the scan
+    summary can count them) if the file cannot be used.
+    """
+    try:
+        image = nib.load(path)
+        shape = image.shape
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
+        raise ValueError("unreadable or truncated NIfTI") from e
+    if len(shape) != 3:
+        raise ValueError(f"{len(shape)}-D, not a 3-D volume")
+    try:
+        data = image.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise ValueError("unreadable or truncated NIfTI") from error
+    if not np.isfinite(data).all():
+        raise ValueError("contains NaN or Inf")
+    return image
+
+
+def foreground_mask(array: np.ndarray) -> np.ndarray:
+    """Pixels brighter than 5 % of the bright end of the image: the head, not the air."""
+    low = float(array.min())
+    high = float(np.percentile(array, 99))
+    return array > low + 0.05 * (high - low)
+
+
+def normalize_intensity(
+    array: np.ndarray, mask: np.ndarray | None = None, upper_percentile: float = 99.5
+) -> np.ndarray:
+    """Map an image to [0, 1]: its minimum to 0, its `upper_percentile` to 1, clipped.
+
+    The percentile is taken over `mask` when given, so a few hot pixels or a small
+    head in a large field of view do not set the scale. A constant image gives zeros.
+    """
+    low = float(array.min())
+    values = array[mask] if mask is not None and mask.any() else array
+    high = float(np.percentile(values, upper_percentile))
+    if not high - low > 1e-12:
+        return np.zeros(array.shape, np.float32)
+    return np.clip((array - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def n4_shrink_factor(shape: tuple[int, ...]) -> int:
+    """N4's shrink factor for an image or volume of `shape`: about N4_GRID_SIDE per side.
+
+    Volumes round up: a 3-D fit costs far more per grid point, and 4 at 1 mm for a whole
+    head (177 x 214 x 107: 41 s here, against 78 s at 3) is what ANTs' own brain
+    pipelines use.
+    """
+    if len(shape) == 3:
+        return max(1, math.ceil(max(shape) / N4_GRID_SIDE))
+    return max(1, round(max(shape) / N4_GRID_SIDE))
+
+
+def n4_correct(
+    array: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...] | None = None
+) -> np.ndarray:
+    """ANTs N4 bias-field correction of a positive 2-D or 3-D array within `mask`.
+
+    spacing: the voxel size in mm, so that N4's B-spline mesh is isotropic in space.
+    """
+    import ants  # imported where used: it takes seconds to load
+
+    spacing = tuple(float(side) for side in spacing) if spacing else (1.0,) * array.ndim
+    image = ants.from_numpy(np.ascontiguousarray(array, np.float32), spacing=spacing)
+    ants_mask = ants.from_numpy(mask.astype(np.float32), spacing=spacing)
+    corrected = ants.n4_bias_field_correction(
+        image, mask=ants_mask, shrink_factor=n4_shrink_factor(array.shape)
+    )
+    return corrected.numpy()
+
+
+def resample_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [0, 1] 2-D array resampled to (height, width) with ANTsPy (voxels, linear), clipped."""
+    import ants
+
+    resampled = ants.resample_image(
+        ants.from_numpy(np.ascontiguousarray(array, np.float32)),
+        (height, width),
+        use_voxels=True,
+        interp_type=0,
+    )
+    return np.clip(resampled.numpy(), 0.0, 1.0).astype(np.float32)
+
+
+def preprocess_image(array: np.ndarray, height: int, width: int, n4: bool = True) -> Preprocessed:
+    """`preprocess_slice` of one image, with the count of N4 calls it took."""
+    array = np.asarray(array, np.float32)
+    if not float(array.max() - array.min()) > 0:
+        return Preprocessed(np.zeros((1, height, width), np.float32), (0,), 0)
+    # N4 works on log intensities, so it needs positive values.
+    array = array - array.min()
+    mask = foreground_mask(array)
+    n4_calls = 0
+    if n4 and mask.sum() >= MIN_N4_FOREGROUND:
+        array = n4_correct(array, mask)
+        n4_calls = 1
+    normalized = normalize_intensity(array, mask)
+    return Preprocessed(resample_to(normalized, height, width)[np.newaxis], (0,), n4_calls)
+
+
+def preprocess_slice(array: np.ndarray, height: int, width: int, n4: bool = True) -> np.ndarray:
+    """N4 bias correction, normalization to [0, 1] and resampling with ANTsPy.
+
+    Takes a 2-D float array of any size; returns float32 (height, width) in [0, 1].
+    """
+    return preprocess_image(array, height, width, n4).slices[0]
+
+
+def preprocess_volume(
+    image: nib.Nifti1Image,
+    height: int,
+    width: int,
+    *,
+    n4: bool = True,
+    slice_axis: str = "axial",
+    min_foreground: float = 0.05,
+) -> Preprocessed:
+    """A 3-D volume's training slices: float32 (count, height, width) in [0, 1].
+
+    One 3-D N4 call over the whole volume (its foreground as the mask, its voxel size as
+    the spacing), normalization over the whole volume (minimum -> 0, 99.5th percentile of
+    the foreground -> 1), then the slices along `slice_axis` exactly as translation shows
+    them to the generator (`volumes.generator_view`). A slice whose foreground (by the
+    whole volume's threshold, as in translation) covers less than `min_foreground` of its
+    pixels is dropped. Raises ValueError if the slices are too small or none is kept.
+    """
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    view_shape = generator_view(np.empty(data.shape, bool), image.affine, slice_axis).shape
+    if min(view_shape[1:]) < MIN_INPUT_SIDE:
+        raise ValueError(f"{slice_axis} slices smaller than {MIN_INPUT_SIDE} px")
+    data = data - data.min()
+    mask = foreground_mask(data)
+    coverage = generator_view(mask, image.affine, slice_axis).mean(axis=(1, 2))
+    chosen = tuple(int(index) for index in np.flatnonzero(coverage >= min_foreground))
+    if not chosen:
+        raise ValueError(f"no {slice_axis} slice with {min_foreground:.0%} foreground")
+    n4_calls = 0
+    if n4 and mask.sum() >= MIN_N4_FOREGROUND:
+        data = n4_correct(data, mask, image.header.get_zooms()[:3])
+        n4_calls = 1
+    view = generator_view(normalize_intensity(data, mask), image.affine, slice_axis)
+    slices = np.stack([resample_to(view[index], height, width) for index in chosen])
+    return Preprocessed(slices, chosen, n4_calls)
+
+
+def preprocess_file(path: Path, config: TrainConfig) -> Preprocessed:
+    """The training slices of an image or NIfTI file, preprocessed as `config` says.
+
+    Raises ValueError with a short reason if the file cannot be used.
+    """
+    height, width = config.image_shape
+    if is_nifti(path):
+        return preprocess_volume(
+            read_volume(path),
+            height,
+            width,
+            n4=config.n4,
+            slice_axis=config.slice_axis,
+            min_foreground=config.min_foreground,
+        )
+    return preprocess_image(read_grayscale(path), height, width, config.n4)
+
+
+def preprocess_or_reason(path: Path, config: TrainConfig) -> Preprocessed | str:
+    """`preprocess_file`, with a bad file's reason returned rather than raised."""
+    try:
+        return preprocess_file(path, config)
+    except ValueError as error:
+        return str(error)
+
+
+def start_worker(itk_threads: int) -> None:
+    """Set up a preprocessing worker process: ITK's thread count, and no Ctrl-C of its own.
+
+    Run before the worker imports ANTsPy, since ITK reads its thread count then.
+    """
+    import signal
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(itk_threads)
+    # The parent handles Ctrl-C; workers just stop when it shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
