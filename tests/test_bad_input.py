@@ -51,6 +51,14 @@ def save(folder, name: str, image: Image.Image) -> None:
     ],
     ids=["one hot pixel", "all zero", "non-square", "non-ASCII name with spaces"],
 )
+def assert_skipped_and_warned(scan, caplog, reasons: dict[str, str]) -> None:
+    """The scan skipped exactly these files for these reasons, with a warning naming each."""
+    assert dict((path.name, reason) for path, reason in scan.skipped) == reasons
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for path, _ in scan.skipped:
+        assert str(path) in warned
+
+
 def test_odd_but_valid_images_give_finite_slices_in_the_unit_range(tmp_path, name, make):
     folder = tmp_path / "data"
     save(folder, name, Image.fromarray(make()))
@@ -86,16 +94,17 @@ def test_each_bad_file_is_skipped_with_its_reason(tmp_path, caplog):
         scan = dp.scan_images(folder, cache_in(tmp_path))
 
     assert [entry.path.name for entry in scan.entries] == ["slice_00.png"]
-    assert dict((path.name, reason) for path, reason in scan.skipped) == {
-        "cut.png": "unreadable or truncated image",
-        "empty.png": "empty file",
-        "nan.tif": "contains NaN or Inf",
-        "notes.png": "not an image",
-        "tiny.png": "smaller than 16 px",
-    }
-    warned = " ".join(record.getMessage() for record in caplog.records)
-    for path, _ in scan.skipped:
-        assert str(path) in warned
+    assert_skipped_and_warned(
+        scan,
+        caplog,
+        {
+            "cut.png": "unreadable or truncated image",
+            "empty.png": "empty file",
+            "nan.tif": "contains NaN or Inf",
+            "notes.png": "not an image",
+            "tiny.png": "smaller than 16 px",
+        },
+    )
     assert scan.summary("T1") == (
         "T1: 1 images used, 5 skipped (1 contains NaN or Inf, 1 empty file, 1 not an image, "
         "1 smaller than 16 px, 1 unreadable or truncated image)"
@@ -175,18 +184,19 @@ def test_each_bad_volume_is_skipped_with_its_reason(tmp_path, caplog):
         scan = dp.scan_images(folder, cache_in(tmp_path, n4=False), workers=1)
 
     assert {entry.path.name for entry in scan.entries} == {"good.nii.gz"}
-    assert dict((path.name, reason) for path, reason in scan.skipped) == {
-        "air.nii.gz": "no axial slice with 5% foreground",
-        "cut.nii.gz": "unreadable or truncated NIfTI",
-        "empty.nii.gz": "empty file",
-        "flat.nii.gz": "2-D, not a 3-D volume",
-        "nan.nii.gz": "contains NaN or Inf",
-        "notes.nii": "unreadable or truncated NIfTI",
-        "series.nii.gz": "4-D, not a 3-D volume",
-    }
-    warned = " ".join(record.getMessage() for record in caplog.records)
-    for path, _ in scan.skipped:
-        assert str(path) in warned
+    assert_skipped_and_warned(
+        scan,
+        caplog,
+        {
+            "air.nii.gz": "no axial slice with 5% foreground",
+            "cut.nii.gz": "unreadable or truncated NIfTI",
+            "empty.nii.gz": "empty file",
+            "flat.nii.gz": "2-D, not a 3-D volume",
+            "nan.nii.gz": "contains NaN or Inf",
+            "notes.nii": "unreadable or truncated NIfTI",
+            "series.nii.gz": "4-D, not a 3-D volume",
+        },
+    )
     assert scan.summary("T1") == (
         "T1: 8 images used (8 slices of 1 volume), 7 skipped (1 2-D, not a 3-D volume, "
         "1 4-D, not a 3-D volume, 1 contains NaN or Inf, 1 empty file, "
