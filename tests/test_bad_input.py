@@ -35,6 +35,14 @@ def save(folder, name: str, image: Image.Image) -> None:
     image.save(folder / name)
 
 
+def assert_skipped_and_warned(scan, caplog, reasons: dict[str, str]) -> None:
+    """The scan skipped exactly these files for these reasons, with a warning naming each."""
+    assert dict((path.name, reason) for path, reason in scan.skipped) == reasons
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for path, _ in scan.skipped:
+        assert str(path) in warned
+
+
 @pytest.mark.parametrize(
     "name, make",
     [
@@ -51,14 +59,6 @@ def save(folder, name: str, image: Image.Image) -> None:
     ],
     ids=["one hot pixel", "all zero", "non-square", "non-ASCII name with spaces"],
 )
-def assert_skipped_and_warned(scan, caplog, reasons: dict[str, str]) -> None:
-    """The scan skipped exactly these files for these reasons, with a warning naming each."""
-    assert dict((path.name, reason) for path, reason in scan.skipped) == reasons
-    warned = " ".join(record.getMessage() for record in caplog.records)
-    for path, _ in scan.skipped:
-        assert str(path) in warned
-
-
 def test_odd_but_valid_images_give_finite_slices_in_the_unit_range(tmp_path, name, make):
     folder = tmp_path / "data"
     save(folder, name, Image.fromarray(make()))
