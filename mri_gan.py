@@ -427,11 +427,19 @@ class CycleGan(keras.Model):
         """The critic's logits for real images, the new fakes, and the fakes it learns
         from: drawn from the history pool when there is one (training only), else the
         new fakes again (then computed once)."""
-        batches = [real, fake]
-        if pool is not None and training:
-            batches.append(pool.query(tf.stop_gradient(fake)))
-        logits = split_batch(critic(tf.concat(batches, 0), training=training), len(batches))
-        return logits[0], logits[1], logits[-1]
+        if pool is None or not training:
+            real_logits, fake_logits = split_batch(
+                critic(tf.concat([real, fake], 0), training=training), 2
+            )
+            return real_logits, fake_logits, fake_logits
+        # Two calls, not one batch of three: each backward pass then runs only over the
+        # images its loss depends on (the critic loss over real and pooled images, the
+        # generator loss over the new fakes), not over all three with zero gradients.
+        pooled = pool.query(tf.stop_gradient(fake))
+        real_logits, pooled_logits = split_batch(
+            critic(tf.concat([real, pooled], 0), training=training), 2
+        )
+        return real_logits, critic(fake, training=training), pooled_logits
 
     def losses_of(self, real_t1, real_t2, training: bool = True) -> dict[str, tf.Tensor]:
         """Every loss of one CycleGAN step, each a scalar averaged over the global batch."""
