@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import itertools
 import os
@@ -30,17 +31,35 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         temporary.mkdir()
     try:
         yield temporary
+        disk_full_point(f"rename:{path.name}", temporary)
         pause_point(f"rename:{path.name}")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename in (None, str(temporary)):
+            # Name the file the user knows (a full disk: "history.csv"), not the hidden
+            # temporary one, which is gone.
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         raise
 
 
-_pause_matches = itertools.count(1)  # next() is atomic: tf.data threads reach points too
+# next() is atomic: tf.data threads reach these points too.
+_matches = {
+    variable: itertools.count(1) for variable in ("MRI_GAN_TEST_PAUSE", "MRI_GAN_TEST_DISK_FULL")
+}
+
+
+def _test_hook_fires(variable: str, point: str) -> bool:
+    """Whether the environment variable `variable`, `<glob>[@<n>]`, names this `point`
+    for the n-th time (default the first); never when it is unset."""
+    wanted = os.environ.get(variable)
+    if not wanted:
+        return False
+    pattern, _, nth = wanted.partition("@")
+    return fnmatch.fnmatchcase(point, pattern) and next(_matches[variable]) == int(nth or 1)
 
 
 def pause_point(point: str) -> None:
@@ -50,11 +69,13 @@ def pause_point(point: str) -> None:
     `rename:history.csv`; at the n-th match (default the first) a marker line goes to
     stderr, so that a test can SIGKILL the process at exactly this moment.
     """
-    wanted = os.environ.get("MRI_GAN_TEST_PAUSE")
-    if not wanted:
-        return
-    pattern, _, nth = wanted.partition("@")
-    if fnmatch.fnmatchcase(point, pattern):
-        if next(_pause_matches) == int(nth or 1):
-            print(f"MRI_GAN_TEST_PAUSE at {point}", file=sys.stderr, flush=True)
-            threading.Event().wait()
+    if _test_hook_fires("MRI_GAN_TEST_PAUSE", point):
+        print(f"MRI_GAN_TEST_PAUSE at {point}", file=sys.stderr, flush=True)
+        threading.Event().wait()
+
+
+def disk_full_point(point: str, path: Path) -> None:
+    """Tests only: fail here as a write to a full disk fails (ENOSPC on `path`) if
+    MRI_GAN_TEST_DISK_FULL names `point` (as MRI_GAN_TEST_PAUSE does); else do nothing."""
+    if _test_hook_fires("MRI_GAN_TEST_DISK_FULL", point):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

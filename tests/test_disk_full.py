@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
 import sys
+
+import pytest
+import tensorflow as tf
 
 from tests.conftest import REPO, tiny_run_args
 from tests.test_main import history_rows, run_main
@@ -44,4 +48,46 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, ti
 
     assert resumed.returncode == 0, resumed.stderr
     assert "1 of 2 epochs done, continuing at epoch 2" in resumed.stdout + resumed.stderr
+    assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "point, written",
+    [
+        ("rename:history.csv@2", "history.csv"),  # epoch 2's row
+        ("rename:epoch_002.png", "epochs/epoch_002.png"),
+        ("rename:*.npy@3", "cache/"),  # the third preprocessed image
+    ],
+    ids=["history", "figure", "cache"],
+)
+def test_a_full_disk_while_writing_history_figure_or_cache_is_one_line(
+    tmp_path, tiny_dataset, point, written
+):
+    t1, t2 = tiny_dataset
+    output = tmp_path / "run"
+    common = tiny_run_args(t1, t2, output)
+
+    full = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "MRI_GAN_TEST_DISK_FULL": point},
+    )
+
+    assert full.returncode == 1, full.stderr
+    last_line = full.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: No space left on device: ")
+    assert str(output / written).rstrip("/") in last_line
+    assert "Traceback" not in full.stderr
+    assert not list(output.rglob(".*.tmp*"))  # the failed write left no temporary file
+    if point != "rename:*.npy@3":
+        # Epoch 2 failed before its checkpoint: epoch 1's is the newest, and intact.
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(output / "checkpoints")))
+        assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 1
+
+    resumed = run_main(*common, "--epochs", "2")
+
+    assert resumed.returncode == 0, resumed.stderr
     assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
