@@ -227,6 +227,9 @@ def writable_problem(folder: Path) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # TensorFlow's own INFO lines (checkpoint sharding, collectives) are not for users.
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if config.output_dir.exists() and not config.output_dir.is_dir():
         fail(f"output dir {config.output_dir} is not a directory")
     for folder, flag in (
