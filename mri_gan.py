@@ -301,6 +301,19 @@ def replicas_agree_finite(values: list[tf.Tensor]) -> tf.Tensor:
     return tf.equal(bad, 0.0)
 
 
+def run_if(condition: tf.Tensor, action) -> None:
+    """Run `action()`, which updates variables the way Keras does in the cross-replica
+    context (e.g. a loss scale), where `condition`, the same on every replica, holds."""
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(condition, action, lambda: None)
+        return
+
+    def cross_replica(strategy, condition):
+        tf.cond(strategy.experimental_local_results(condition)[0], action, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
 def apply_if(condition: tf.Tensor, apply, gradients) -> None:
     """Run `apply(gradients)` (which calls optimizers) only where `condition` holds.
 
@@ -529,7 +542,26 @@ class CycleGan(keras.Model):
         # A NaN or Inf loss would poison every weight it touched: skip that step's
         # updates instead, and count it, so the run can stop if it keeps happening.
         finite = replicas_agree_finite(list(losses.values()))
-        apply_if(finite, apply_updates, gradients)
+        scalers = [
+            optimizer
+            for optimizer in self.network_optimizers.values()
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        ]
+        if scalers:
+            # float16 gradients that overflow on any replica skip the update everywhere
+            # and halve the loss scales: Keras' own check sees one replica's gradients
+            # only, before they are summed. Not a diverging loss: not counted as one.
+            fits = replicas_agree_finite([g for group in gradients for g in group if g is not None])
+
+            def lower_scales():
+                for scaler in scalers:
+                    scaler.dynamic_scale.assign(scaler.dynamic_scale * 0.5)
+                    scaler.step_counter.assign(0)
+
+            run_if(tf.logical_and(finite, tf.logical_not(fits)), lower_scales)
+            apply_if(tf.logical_and(finite, fits), apply_updates, gradients)
+        else:
+            apply_if(finite, apply_updates, gradients)
         self.skipped_steps.assign_add(1 - tf.cast(finite, tf.int64))
         weight = tf.cast(finite, tf.float32)
         # Each replica's losses are its share of the global mean; its tracker records

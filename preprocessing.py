@@ -81,7 +81,14 @@ def read_volume(path: Path) -> nib.Nifti1Image:
     try:
         image = nib.load(path)
         shape = image.shape
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
+    except (
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,  # e.g. an unknown datatype code
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+    ) as e:
         raise ValueError("unreadable or truncated NIfTI") from e
     if len(shape) != 3:
         raise ValueError(f"{len(shape)}-D, not a 3-D volume")

@@ -71,8 +71,11 @@ def use_mixed_precision(config: TrainConfig) -> bool:
 
 
 def use_xla(config: TrainConfig) -> bool:
-    """--xla as given, else on with a GPU (measured slower on CPU, see README)."""
-    return on_gpu() if config.xla is None else config.xla
+    """--xla as given, else on with one GPU: off on CPU (measured slower, see README)
+    and off with several replicas (not tested together)."""
+    if config.xla is not None:
+        return config.xla
+    return on_gpu() and tf.distribute.get_strategy().num_replicas_in_sync == 1
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -150,9 +153,17 @@ def make_optimizers(
 
 
 def make_checkpoint(model: CycleGan, epoch: tf.Variable) -> tf.train.Checkpoint:
-    """A checkpoint of the four networks, the two optimizers and the epoch counter."""
+    """A checkpoint of the four networks, the two optimizers and the epoch counter.
+
+    Under mixed precision the Adam inside each loss-scale optimizer is saved, under the
+    same name, so a run can resume with or without mixed precision (on a CPU after a GPU);
+    the loss scale itself starts afresh, as Keras calibrates it within a few steps.
+    """
     networks = {network.name: network for network in (*model.generators, *model.critics)}
-    optimizers = {f"{name}_optimizer": opt for name, opt in model.network_optimizers.items()}
+    optimizers = {
+        f"{name}_optimizer": getattr(optimizer, "inner_optimizer", optimizer)
+        for name, optimizer in model.network_optimizers.items()
+    }
     return tf.train.Checkpoint(epoch=epoch, **networks, **optimizers)
 
 
@@ -429,7 +440,9 @@ class PairedEvaluation(EpochEndCallback):
             # A run killed between saving the best generators and writing best.json
             # leaves it naming older ones: then the score is unknown, and the next
             # evaluation sets a new best.
-            if recorded.get("checkpoint") == self.manager.latest_checkpoint:
+            latest = self.manager.latest_checkpoint
+            # Compared by name: the dir may have moved or been given another way since.
+            if latest and Path(recorded.get("checkpoint", "")).name == Path(latest).name:
                 self.best = recorded["mean_ssim"]
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
@@ -624,97 +637,106 @@ def train(config: TrainConfig) -> TrainResult:
         scratch = config.output_dir / "workers" / f"worker-{strategy.cluster_resolver.task_id}"
         files = dataclasses.replace(config, output_dir=scratch, cache_dir=config.resolved_cache_dir)
         checkpoints = RunCheckpoints(model, files.checkpoint_dir, 1)
-    if start_epoch >= config.epochs:
-        log.info(
-            "Training already finished: %d of %d epochs done (checkpoint %s). "
-            "Raise --epochs to train longer.",
-            start_epoch,
-            config.epochs,
-            restored,
-        )
-        if chief:
-            export_unless_done(model, config, start_epoch)
-            write_summary_figures(config, start_epoch)
-        return TrainResult(start_epoch, start_epoch)
-    if restored:
-        log.info(
-            "Resuming from %s: %d of %d epochs done, continuing at epoch %d.",
-            restored,
-            start_epoch,
-            config.epochs,
-            start_epoch + 1,
-        )
+    try:
+        if start_epoch >= config.epochs:
+            log.info(
+                "Training already finished: %d of %d epochs done (checkpoint %s). "
+                "Raise --epochs to train longer.",
+                start_epoch,
+                config.epochs,
+                restored,
+            )
+            if chief:
+                export_unless_done(model, config, start_epoch)
+                write_summary_figures(config, start_epoch)
+            return TrainResult(start_epoch, start_epoch)
+        if restored:
+            log.info(
+                "Resuming from %s: %d of %d epochs done, continuing at epoch %d.",
+                restored,
+                start_epoch,
+                config.epochs,
+                start_epoch + 1,
+            )
 
-    save_config(config, files.output_dir / CONFIG_FILE_NAME)
-    # A different shuffle order per resumed run, still reproducible from the seed.
-    data: TrainingData = make_training_data(config, shuffle_seed=config.seed + start_epoch)
-    batches = data.batches
-    if config.strategy == "multiworker":
-        # Each worker takes its share of every global batch (the pipeline reads no files
-        # TensorFlow could split between workers).
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
-        batches = batches.with_options(options)
+        save_config(config, files.output_dir / CONFIG_FILE_NAME)
+        # A different shuffle order per resumed run, still reproducible from the seed.
+        data: TrainingData = make_training_data(config, shuffle_seed=config.seed + start_epoch)
+        batches = data.batches
+        if config.strategy == "multiworker":
+            # Each worker takes its share of every global batch (the pipeline reads no files
+            # TensorFlow could split between workers).
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA
+            )
+            batches = batches.with_options(options)
 
-    interruption = Interruption()
-    guard = NonFiniteGuard(config.max_nonfinite)
-    optimizers = list(model.network_optimizers.values())
-    callbacks = [StopOnSignal(interruption), guard, LinearDecay(optimizers, config)]
-    callbacks += file_callbacks(files, model, data, interruption, start_epoch)
-    callbacks.append(
-        EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs)
-    )
-    model.fit(
-        batches,
-        epochs=config.epochs,
-        initial_epoch=start_epoch,
-        steps_per_epoch=data.steps_per_epoch,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
-    log.info(
-        "Preprocessing cache %s: %d images preprocessed, %d read from the cache.",
-        data.cache.cache_dir,
-        data.cache.misses,
-        data.cache.hits,
-    )
-    if guard.diverged:
-        raise RunFailed(
-            f"training diverged: {guard.seen} steps had a NaN or Inf loss (limit "
-            f"--max_nonfinite {config.max_nonfinite}); the last good checkpoint "
-            f"{checkpoints.manager.latest_checkpoint or '(none yet)'} is kept. "
-            "Try a lower --lr."
+        interruption = Interruption()
+        guard = NonFiniteGuard(config.max_nonfinite)
+        optimizers = list(model.network_optimizers.values())
+        callbacks = [StopOnSignal(interruption), guard, LinearDecay(optimizers, config)]
+        callbacks += file_callbacks(files, model, data, interruption, start_epoch)
+        callbacks.append(
+            EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs)
         )
-    if interruption.signal_name:
-        # The weights include the steps of the cut-short epoch; the counter does not.
-        saved = checkpoints.save(interruption.epoch)
+        model.fit(
+            batches,
+            epochs=config.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=data.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
         log.info(
-            "Stopped by %s in epoch %d at step %d of %d: checkpoint %s saved with %d epochs "
-            "done. Rerun the same command to resume.",
-            interruption.signal_name,
-            interruption.epoch + 1,
-            interruption.step,
-            data.steps_per_epoch,
-            saved,
-            interruption.epoch,
+            "Preprocessing cache %s: %d images preprocessed, %d read from the cache.",
+            data.cache.cache_dir,
+            data.cache.misses,
+            data.cache.hits,
         )
-        write_summary_figures(files, interruption.epoch)
-        return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
-    if not chief:
-        shutil.rmtree(files.output_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            files.output_dir.parent.rmdir()  # `workers/`, once the last worker is done
-        log.info("Worker finished %d epochs; the chief wrote the outputs.", config.epochs)
+        if guard.diverged:
+            raise RunFailed(
+                f"training diverged: {guard.seen} steps had a NaN or Inf loss (limit "
+                f"--max_nonfinite {config.max_nonfinite}); the last good checkpoint "
+                f"{checkpoints.manager.latest_checkpoint or '(none yet)'} is kept. "
+                "Try a lower --lr."
+            )
+        if interruption.signal_name:
+            # The weights include the steps of the cut-short epoch; the counter does not.
+            saved = checkpoints.save(interruption.epoch)
+            log.info(
+                "Stopped by %s in epoch %d at step %d of %d: checkpoint %s saved with %d epochs "
+                "done. Rerun the same command to resume.",
+                interruption.signal_name,
+                interruption.epoch + 1,
+                interruption.step,
+                data.steps_per_epoch,
+                saved,
+                interruption.epoch,
+            )
+            write_summary_figures(files, interruption.epoch)
+            return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
+        if not chief:
+            log.info("Worker finished %d epochs; the chief wrote the outputs.", config.epochs)
+            return TrainResult(start_epoch, config.epochs)
+        translation.export_generators(
+            model, config, config.output_dir / "export", epoch=config.epochs
+        )
+        write_summary_figures(config, config.epochs)
+        log.info(
+            "Finished %d of %d epochs; outputs in %s",
+            config.epochs,
+            config.epochs,
+            config.output_dir,
+        )
         return TrainResult(start_epoch, config.epochs)
-    translation.export_generators(model, config, config.output_dir / "export", epoch=config.epochs)
-    write_summary_figures(config, config.epochs)
-    log.info(
-        "Finished %d of %d epochs; outputs in %s", config.epochs, config.epochs, config.output_dir
-    )
-    return TrainResult(start_epoch, config.epochs)
+
+    finally:
+        if not chief:
+            shutil.rmtree(files.output_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                files.output_dir.parent.rmdir()  # `workers/`, once the last worker is done
 
 
 def file_callbacks(

@@ -1,5 +1,6 @@
 """Two training steps of the same model and global batch on one device and under
-MirroredStrategy over two logical CPUs; prints both results as JSON.
+MirroredStrategy over two logical CPUs, and under it with mixed precision; prints the
+results as JSON.
 
 Run as a script by tests/test_distribute.py: logical devices must be set up before
 TensorFlow starts, which a pytest process has long done.
@@ -7,6 +8,7 @@ TensorFlow starts, which a pytest process has long done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -46,6 +48,12 @@ def one_step(strategy: tf.distribute.Strategy, config: TrainConfig, batch) -> di
         "losses": {name: history.history[name][-1] for name in LOSS_NAMES},
         "kernels": [float(np.abs(kernel).sum()) for kernel in kernels],
         "iterations": {k: int(o.iterations.numpy()) for k, o in model.network_optimizers.items()},
+        "loss_scales": [
+            float(o.dynamic_scale.numpy())
+            for o in model.network_optimizers.values()
+            if isinstance(o, keras.optimizers.LossScaleOptimizer)
+        ],
+        "finite": bool(all(np.isfinite(kernel).all() for kernel in kernels)),
     }
 
 
@@ -60,8 +68,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batch = tuple(tf.constant(rng.uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)) for _ in "ab")
     single = one_step(tf.distribute.get_strategy(), config, batch)
-    mirrored = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), config, batch)
-    print(json.dumps({"single": single, "mirrored": mirrored}))
+    two_cpus = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = one_step(two_cpus, config, batch)
+    mixed = one_step(two_cpus, dataclasses.replace(config, mixed_precision=True), batch)
+    print(json.dumps({"single": single, "mirrored": mirrored, "mixed": mixed}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ preprocessed slice in [0, 1]; an unusable one is skipped with a warning naming i
 
 from __future__ import annotations
 
+import gzip
 import logging
 
 import numpy as np
@@ -179,6 +180,10 @@ def test_each_bad_volume_is_skipped_with_its_reason(tmp_path, caplog):
     write_volume(folder / "nan.nii.gz", nan)
     write_volume(folder / "air.nii.gz", np.zeros((40, 48, 12), np.float32))
     (folder / "empty.nii.gz").write_bytes(b"")
+    # A header whose datatype code (bytes 70-71 of a NIfTI-1 header) nibabel does not know.
+    header = bytearray(gzip.decompress((folder / "good.nii.gz").read_bytes()))
+    header[70:72] = (999).to_bytes(2, "little")
+    (folder / "odd_type.nii").write_bytes(bytes(header))
 
     with caplog.at_level(logging.WARNING):
         scan = dp.scan_images(folder, cache_in(tmp_path, n4=False), workers=1)
@@ -194,13 +199,14 @@ def test_each_bad_volume_is_skipped_with_its_reason(tmp_path, caplog):
             "flat.nii.gz": "2-D, not a 3-D volume",
             "nan.nii.gz": "contains NaN or Inf",
             "notes.nii": "unreadable or truncated NIfTI",
+            "odd_type.nii": "unreadable or truncated NIfTI",
             "series.nii.gz": "4-D, not a 3-D volume",
         },
     )
     assert scan.summary("T1") == (
-        "T1: 8 images used (8 slices of 1 volume), 7 skipped (1 2-D, not a 3-D volume, "
+        "T1: 8 images used (8 slices of 1 volume), 8 skipped (1 2-D, not a 3-D volume, "
         "1 4-D, not a 3-D volume, 1 contains NaN or Inf, 1 empty file, "
-        "1 no axial slice with 5% foreground, 2 unreadable or truncated NIfTI)"
+        "1 no axial slice with 5% foreground, 3 unreadable or truncated NIfTI)"
     )
 
 

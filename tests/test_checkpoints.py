@@ -84,3 +84,18 @@ def test_best_json_naming_older_generators_than_the_best_checkpoint_is_not_trust
     # Killed after saving newer best generators, before best.json named them.
     first.manager.save(checkpoint_number=2)
     assert tracker().best == -math.inf
+
+
+def test_a_run_resumes_with_or_without_mixed_precision(tmp_path):
+    plain = small_model()
+    RunCheckpoints(plain, tmp_path, keep=3).save(2)
+
+    mixed = build_model(
+        TrainConfig(img_height=32, img_width=32, mixed_precision=True, **SMALL_NETWORKS)
+    )
+    epochs, restored = RunCheckpoints(mixed, tmp_path, keep=3).restore()
+
+    assert epochs == 2 and restored.endswith("ckpt-1")
+    np.testing.assert_array_equal(first_kernel(mixed), first_kernel(plain))
+    RunCheckpoints(mixed, tmp_path, keep=3).save(3)
+    assert RunCheckpoints(small_model(), tmp_path, keep=3).restore()[0] == 3

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_run_args
 
 
 def test_mirrored_over_two_devices_gives_the_single_device_losses_and_weights():
+    """Also runs the mixed-precision loss scaling across the two replicas."""
     done = subprocess.run(
         [sys.executable, str(REPO / "tests" / "distributed_step.py")],
         capture_output=True,
@@ -31,6 +33,13 @@ def test_mirrored_over_two_devices_gives_the_single_device_losses_and_weights():
     for name, value in single["losses"].items():
         assert mirrored["losses"][name] == pytest.approx(value, rel=1e-4), name
     assert mirrored["kernels"] == pytest.approx(single["kernels"], rel=1e-4)
+    # Mixed precision over the replicas: float16 overflow lowers every loss scale alike
+    # (2^15 halved once per skipped step), updates only what all replicas agree on.
+    mixed = result["mixed"]
+    overflows = 2 - mixed["iterations"]["generators"]
+    assert mixed["iterations"]["critics"] == mixed["iterations"]["generators"]
+    assert mixed["loss_scales"] == [2.0**15 / 2**overflows] * 2
+    assert mixed["finite"] and all(np.isfinite(v) for v in mixed["losses"].values())
 
 
 def free_ports(count: int) -> list[int]:
