@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import tiny_run_args
 from tests.test_main import history_rows, run_main
 
 
@@ -28,14 +26,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, ti
     common = tiny_run_args(t1, t2, output)
     assert run_main(*common, "--epochs", "1").returncode == 0
 
-    full = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        preexec_fn=limit_file_size,
-    )
+    full = run_main(*common, "--epochs", "2", preexec_fn=limit_file_size)
 
     assert full.returncode == 1, full.stderr
     last_line = full.stderr.strip().splitlines()[-1]
@@ -67,14 +58,7 @@ def test_a_full_disk_while_writing_history_figure_or_cache_is_one_line(
     output = tmp_path / "run"
     common = tiny_run_args(t1, t2, output)
 
-    full = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "MRI_GAN_TEST_DISK_FULL": point},
-    )
+    full = run_main(*common, "--epochs", "2", env={**os.environ, "MRI_GAN_TEST_DISK_FULL": point})
 
     assert full.returncode == 1, full.stderr
     last_line = full.stderr.strip().splitlines()[-1]

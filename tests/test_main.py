@@ -16,13 +16,15 @@ from main import parse_config
 from tests.conftest import REPO, tiny_run_args, write_png_folder
 
 
-def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: float = 600, **how) -> subprocess.CompletedProcess:
+    """Run main.py with `args` from the repo; `how` goes to subprocess.run (env, …)."""
     return subprocess.run(
         [sys.executable, str(REPO / "main.py"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        **how,
     )
 
 
