@@ -47,7 +47,7 @@ def downsample(x, filters: int, norm: bool = True, activate: bool = True):
     """LeakyReLU(0.2) -> 4x4 stride-2 conv -> instance norm: halves H and W."""
     if activate:
         x = layers.LeakyReLU(0.2)(x)
-    x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+    x = strided_conv(x, filters)
     return InstanceNormalization()(x) if norm else x
 
 
@@ -77,6 +77,145 @@ class ReflectionPadding2D(layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
+# Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below)
+# are convolved as one matrix product, and so are one-channel images: there
+# TensorFlow's convolution kernels run far below a matmul's speed, while on larger maps
+# they run at about it (python -m benchmarks.small_convs shows both, layer by layer).
+SMALL_MAP_PIXELS = 256
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding of one dimension: (before, after)."""
+    outputs = -(-size // stride)
+    total = max((outputs - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_by_matmul(x, kernel, stride: int):
+    """`tf.nn.conv2d(x, kernel, stride, "SAME")` as one product of patches and kernel.
+
+    `kernel` is (kh, kw, c_in, c_out); kh and kw are multiples of `stride`. The padded
+    image is cut into stride x stride blocks (`space_to_depth`), so each output pixel's
+    patch is the kh/stride x kw/stride blocks from its own on: a few plain slices. The
+    patch is then ordered as the kernel is, rows by columns by channels, and is one row
+    of the matrix multiplied by the kernel.
+    """
+    kernel_height, kernel_width, channels_in, channels_out = kernel.shape
+    _, height, width, _ = x.shape
+    top, bottom = same_padding(height, kernel_height, stride)
+    left, right = same_padding(width, kernel_width, stride)
+    blocks = tf.nn.space_to_depth(tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]]), stride)
+    out_height, out_width = -(-height // stride), -(-width // stride)
+    taps_down, taps_across = kernel_height // stride, kernel_width // stride
+    # tf.slice, not indexing: its gradient is a pad, far faster than StridedSliceGrad.
+    patches = tf.stack(
+        [
+            tf.slice(blocks, [0, down, across, 0], [-1, out_height, out_width, -1])
+            for down in range(taps_down)
+            for across in range(taps_across)
+        ],
+        axis=3,
+    )
+    # (block row, block column, row in block, column in block, channel) ->
+    # (block row, row in block, block column, column in block, channel): the kernel's order.
+    patches = tf.reshape(patches, [-1, taps_down, taps_across, stride, stride, channels_in])
+    patches = tf.transpose(patches, [0, 1, 3, 2, 4, 5])
+    patch_size = kernel_height * kernel_width * channels_in
+    y = tf.matmul(tf.reshape(patches, [-1, patch_size]), tf.reshape(kernel, [patch_size, -1]))
+    return tf.reshape(y, [-1, out_height, out_width, channels_out])
+
+
+def conv2d_transpose_by_matmul(x, kernel, stride: int):
+    """`Conv2DTranspose(padding="same")` of `x` as one product of pixels and kernel.
+
+    `kernel` is (kh, kw, c_out, c_in), as Keras holds it; kh and kw are multiples of
+    `stride`. Every input pixel times the kernel gives a kh x kw x c_out block; block
+    tap (a * stride + r) of pixel i lands on output row (i + a) * stride + r, so the
+    blocks are summed by shifting each tap group a rows (and columns) before
+    interleaving the strides. The full (H - 1) * stride + kh rows are then cropped to
+    H * stride as TensorFlow crops them.
+    """
+    kernel_height, kernel_width, channels_out, channels_in = kernel.shape
+    _, height, width, _ = x.shape
+    taps_down, taps_across = kernel_height // stride, kernel_width // stride
+    # kernel · xᵀ then transposed: faster than x · kernelᵀ for these shapes.
+    blocks = tf.transpose(
+        tf.matmul(
+            tf.reshape(kernel, [-1, channels_in]),
+            tf.reshape(x, [-1, channels_in]),
+            transpose_b=True,
+        )
+    )
+    blocks = tf.reshape(
+        blocks, [-1, height, width, taps_down, stride, taps_across, stride, channels_out]
+    )
+    # Tap groups taken apart with unstack, whose gradient is a stack: indexing them out
+    # of this 8-d tensor would cost a slow StridedSliceGrad each.
+    full = tf.add_n(
+        [
+            tf.pad(
+                group,
+                [
+                    [0, 0],
+                    [down, taps_down - 1 - down],
+                    [across, taps_across - 1 - across],
+                    [0, 0],
+                    [0, 0],
+                    [0, 0],
+                ],
+            )
+            for down, row_groups in enumerate(tf.unstack(blocks, axis=3))
+            for across, group in enumerate(tf.unstack(row_groups, axis=4))
+        ]
+    )
+    full_height = (height + taps_down - 1) * stride
+    full_width = (width + taps_across - 1) * stride
+    full = tf.reshape(
+        tf.transpose(full, [0, 1, 3, 2, 4, 5]), [-1, full_height, full_width, channels_out]
+    )
+    top, _ = same_padding(height * stride, kernel_height, stride)
+    left, _ = same_padding(width * stride, kernel_width, stride)
+    return tf.slice(full, [0, top, left, 0], [-1, height * stride, width * stride, -1])
+
+
+@keras.saving.register_keras_serializable(package="mri_gan")
+class MatmulConv2D(layers.Conv2D):
+    """Keras' Conv2D ("same" padding, equal strides) computed by `conv2d_by_matmul`:
+    the same weights and the same sums."""
+
+    def call(self, inputs):
+        y = conv2d_by_matmul(inputs, self.kernel, self.strides[0])
+        if self.use_bias:
+            y = tf.nn.bias_add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+
+@keras.saving.register_keras_serializable(package="mri_gan")
+class MatmulConv2DTranspose(layers.Conv2DTranspose):
+    """Keras' Conv2DTranspose ("same" padding, kernel a multiple of the equal strides)
+    computed by `conv2d_transpose_by_matmul`: the same weights and the same sums."""
+
+    def call(self, inputs):
+        y = conv2d_transpose_by_matmul(inputs, self.kernel, self.strides[0])
+        if self.use_bias:
+            y = tf.nn.bias_add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+
+def small_map(x) -> bool:
+    """Whether `x`'s feature map has at most `SMALL_MAP_PIXELS` pixels."""
+    _, height, width, _ = x.shape
+    return height is not None and width is not None and height * width <= SMALL_MAP_PIXELS
+
+
+def strided_conv(x, filters: int):
+    """A 4x4 stride-2 "same" conv, halving H and W: as a matmul on a small map or a
+    one-channel image, else TensorFlow's kernel."""
+    by_matmul = small_map(x) or x.shape[-1] == 1
+    convolution = MatmulConv2D if by_matmul else layers.Conv2D
+    return convolution(filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+
+
 def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
     """Double H and W: a `kernel` x `kernel` stride-2 transposed conv, or (`resize`) a
     nearest-neighbour resize then a 3x3 conv, which cannot make checkerboard artifacts
@@ -90,9 +229,10 @@ def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
         x = layers.Conv2DTranspose(filters, kernel, strides=2, kernel_initializer=WEIGHT_INIT)(x)
         crop = (kernel // 2, kernel // 2 - 1)
         return layers.Cropping2D((crop, crop))(x)
-    return layers.Conv2DTranspose(
-        filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
-    )(x)
+    convolution = MatmulConv2DTranspose if small_map(x) else layers.Conv2DTranspose
+    return convolution(filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(
+        x
+    )
 
 
 def upsample(x, filters: int, norm: bool = True, dropout: bool = False, method: str = "transpose"):
@@ -195,9 +335,7 @@ def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64
     inputs = keras.Input((height, width, 1), name=f"{name}_input")
     x = inputs
     for index in range(3):
-        x = layers.Conv2D(
-            filters * 2**index, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
-        )(x)
+        x = strided_conv(x, filters * 2**index)
         if index > 0:
             x = InstanceNormalization()(x)
         x = layers.LeakyReLU(0.2)(x)

@@ -20,20 +20,22 @@ CRITIC_PASSES = 6
 FORWARD_AND_BACKWARD = 3
 
 
+def layer_forward_flops(layer: layers.Layer) -> int:
+    """Forward FLOPs of one image through `layer`: 0 unless it is a convolution."""
+    if isinstance(layer, layers.Conv2DTranspose):
+        _, height, width, channels_in = layer.input.shape
+    elif isinstance(layer, layers.Conv2D):
+        _, height, width, _ = layer.output.shape
+        channels_in = layer.input.shape[-1]
+    else:
+        return 0
+    kernel_height, kernel_width = layer.kernel_size
+    return 2 * kernel_height * kernel_width * channels_in * layer.filters * height * width
+
+
 def forward_conv_flops(model: keras.Model, batch: int = 1) -> int:
     """Forward-pass convolution FLOPs of `model` for a batch of `batch` images."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.Conv2DTranspose):
-            _, height, width, channels_in = layer.input.shape
-        elif isinstance(layer, layers.Conv2D):
-            _, height, width, _ = layer.output.shape
-            channels_in = layer.input.shape[-1]
-        else:
-            continue
-        kernel_height, kernel_width = layer.kernel_size
-        total += 2 * kernel_height * kernel_width * channels_in * layer.filters * height * width
-    return total * batch
+    return batch * sum(layer_forward_flops(layer) for layer in model.layers)
 
 
 def cyclegan_step_flops(generator: keras.Model, critic: keras.Model, batch: int = 1) -> int:

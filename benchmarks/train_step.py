@@ -38,8 +38,9 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def time_train_step(config, steps: int, warmup: int) -> tuple[list[float], object]:
-    """Seconds of each of `steps` train steps after `warmup` untimed ones, and the model."""
+def compiled_train_step(config, warmup: int):
+    """The model `config` describes and a function running one of its train steps on a
+    fixed random batch, already run `warmup` times (traced and warmed up)."""
     import tensorflow as tf
 
     from training import build_model
@@ -48,14 +49,26 @@ def time_train_step(config, steps: int, warmup: int) -> tuple[list[float], objec
     # Compiled as `fit` compiles it: one tf.function, with XLA only if the model asks.
     step = tf.function(model.train_step, jit_compile=bool(model.jit_compile))
     shape = (config.batch_size, config.img_height, config.img_width, 1)
-    t1 = tf.random.uniform(shape, -1.0, 1.0, seed=1)
-    t2 = tf.random.uniform(shape, -1.0, 1.0, seed=2)
+    batch = (
+        tf.random.uniform(shape, -1.0, 1.0, seed=1),
+        tf.random.uniform(shape, -1.0, 1.0, seed=2),
+    )
+
+    def run_step() -> None:
+        float(step(batch)["generator_loss"])
+
     for _ in range(warmup):
-        float(step((t1, t2))["generator_loss"])
+        run_step()
+    return model, run_step
+
+
+def time_train_step(config, steps: int, warmup: int) -> tuple[list[float], object]:
+    """Seconds of each of `steps` train steps after `warmup` untimed ones, and the model."""
+    model, run_step = compiled_train_step(config, warmup)
     seconds = []
     for _ in range(steps):
         started = time.perf_counter()
-        float(step((t1, t2))["generator_loss"])
+        run_step()
         seconds.append(time.perf_counter() - started)
     return seconds, model
 

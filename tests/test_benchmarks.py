@@ -107,3 +107,34 @@ def test_translate_volume_benchmark_prints_its_summary():
     for key in ("forward_slices_per_s", "volume_slices_per_s_no_n4", "volume_slices_per_s_n4"):
         assert summary[key] > 0, key
     assert summary["slices"] == 4
+
+
+def test_small_convs_benchmark_times_both_forms_of_every_unet_convolution():
+    summary = run_module("benchmarks.small_convs", "--size", "32", "--batch", "1", "--repeats", "1")
+    # A 32 px U-Net: 5 convolutions down, 4 transposed up, then the output layer.
+    kinds = [row["kind"] for row in summary["layers"]]
+    assert kinds == ["down"] * 5 + ["up"] * 5
+    assert all(row["conv_ms"] > 0 and row["matmul_ms"] > 0 for row in summary["layers"])
+    # At 32 px every map but the last up-conv's (16x16 in, 32x32 out) is small, and
+    # the first conv has one channel in.
+    used = [row["input_side"] for row in summary["layers"] if row["matmul_used"]]
+    assert used == [32, 16, 8, 4, 2, 1, 2, 4, 8, 16]
+    assert summary["used_layers_matmul_ms"] > 0
+
+
+def test_profile_step_benchmark_splits_the_step_time_by_kind_and_layer(tmp_path):
+    summary = run_module(
+        "benchmarks.profile_step",
+        *("--size", "32", "--batch", "1", "--steps", "1", "--warmup", "1"),
+        *("--logdir", str(tmp_path)),
+    )
+    kinds = summary["by_kind_s"]
+    # A 32 px model has both TensorFlow-kernel (critic) and matmul convolutions.
+    for kind in ("convolution kernels", "matmul convolutions", "Adam", "instance norm"):
+        assert kinds[kind] > 0, kind
+    # One op at a time: the ops' times fit in the step's.
+    assert 0 < summary["op_s_per_step"] <= summary["s_per_step"]
+    networks = {row["network"] for row in summary["layers"]}
+    assert networks == {"t1_to_t2", "t2_to_t1", "t1_critic", "t2_critic"}
+    assert all(row["gflop_per_s"] > 0 for row in summary["layers"])
+    assert list(tmp_path.rglob("*.xplane.pb")), "the trace is kept"

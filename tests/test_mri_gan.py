@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,6 +50,94 @@ def test_sizes_at_256_match_the_reference_unet_256_and_70x70_patchgan():
     assert generator.count_params() == 54_403_457
     assert critic.count_params() == 2_762_689
     assert critic.output_shape == (None, 30, 30, 1)
+
+
+def value_and_gradients(function, x, kernel, output_gradient):
+    """function(x, kernel) and its gradients for x and kernel, given the output's."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = function(x, kernel)
+    return [y, *tape.gradient(y, [x, kernel], output_gradients=output_gradient)]
+
+
+# (batch, height, width): square and not, odd, and the 1-pixel bottleneck.
+SMALL_MAPS = [(2, 2, 4), (1, 1, 1), (3, 8, 8), (2, 1, 2), (2, 3, 5)]
+
+
+@pytest.mark.parametrize("batch, height, width", SMALL_MAPS)
+def test_conv_by_matmul_is_tensorflows_strided_same_conv_forward_and_backward(batch, height, width):
+    rng = np.random.default_rng(height * 10 + width)
+    x = tf.constant(rng.normal(size=(batch, height, width, 6)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(4, 4, 6, 5)), tf.float32)
+    output_gradient = tf.constant(
+        rng.normal(size=(batch, -(-height // 2), -(-width // 2), 5)), tf.float32
+    )
+
+    ours = value_and_gradients(
+        lambda x, k: mri_gan.conv2d_by_matmul(x, k, 2), x, kernel, output_gradient
+    )
+    reference = value_and_gradients(
+        lambda x, k: tf.nn.conv2d(x, k, 2, "SAME"), x, kernel, output_gradient
+    )
+
+    for got, expected in zip(ours, reference, strict=True):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch, height, width", SMALL_MAPS)
+def test_transposed_conv_by_matmul_is_tensorflows_same_transposed_conv_forward_and_backward(
+    batch, height, width
+):
+    rng = np.random.default_rng(height * 10 + width)
+    x = tf.constant(rng.normal(size=(batch, height, width, 6)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(4, 4, 5, 6)), tf.float32)  # (kh, kw, out, in)
+    output_shape = (batch, 2 * height, 2 * width, 5)
+    output_gradient = tf.constant(rng.normal(size=output_shape), tf.float32)
+
+    ours = value_and_gradients(
+        lambda x, k: mri_gan.conv2d_transpose_by_matmul(x, k, 2), x, kernel, output_gradient
+    )
+    reference = value_and_gradients(
+        lambda x, k: tf.nn.conv2d_transpose(x, k, output_shape, 2, "SAME"),
+        x,
+        kernel,
+        output_gradient,
+    )
+
+    for got, expected in zip(ours, reference, strict=True):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "ours, stock", [("MatmulConv2D", "Conv2D"), ("MatmulConv2DTranspose", "Conv2DTranspose")]
+)
+def test_matmul_layers_give_the_stock_layers_output_with_the_same_weights(ours, stock):
+    images = tf.random.normal((2, 4, 2, 3), seed=3)
+    options = {"filters": 5, "kernel_size": 4, "strides": 2, "padding": "same"}
+    matmul = getattr(mri_gan, ours)(**options, bias_initializer="random_normal")
+    kernels = getattr(keras.layers, stock)(**options)
+    matmul.build(images.shape)
+    kernels.build(images.shape)
+    kernels.set_weights(matmul.get_weights())
+
+    np.testing.assert_allclose(matmul(images), kernels(images), rtol=1e-5, atol=1e-5)
+
+
+def test_small_maps_and_one_channel_images_are_convolved_by_matmul():
+    by_matmul = (mri_gan.MatmulConv2D, mri_gan.MatmulConv2DTranspose)
+
+    def matmul_input_sides(model):
+        return [layer.input.shape[1] for layer in model.layers if isinstance(layer, by_matmul)]
+
+    # Maps of at most 16x16 pixels, and the one-channel input (256x256 here).
+    assert matmul_input_sides(mri_gan.unet_generator(256, 256, "g")) == [
+        *(256, 16, 8, 4, 2),  # down
+        *(1, 2, 4, 8, 16),  # up
+    ]
+    assert matmul_input_sides(mri_gan.patchgan_discriminator(256, 256, "d")) == [256]
+    assert matmul_input_sides(mri_gan.resnet_generator(256, 256, "g")) == []
 
 
 def test_instance_normalization_normalizes_each_image_and_channel():
@@ -126,8 +215,6 @@ def test_batched_passes_give_the_losses_of_separate_passes():
 
 
 def test_fused_adam_matches_keras_adam():
-    import keras
-
     from training import FusedAdam
 
     variables = [
