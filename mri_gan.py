@@ -77,8 +77,9 @@ class ReflectionPadding2D(layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
-# Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below)
-# are convolved as one matrix product, and so are one-channel images: there
+# Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below;
+# for a transposed conv, its input) are convolved as one matrix product, and so are
+# one-channel images: there
 # TensorFlow's convolution kernels run far below a matmul's speed, while on larger maps
 # they run at about it (python -m benchmarks.small_convs shows both, layer by layer).
 SMALL_MAP_PIXELS = 256
@@ -96,9 +97,10 @@ def conv2d_by_matmul(x, kernel, stride: int):
 
     `kernel` is (kh, kw, c_in, c_out); kh and kw are multiples of `stride`. The padded
     image is cut into stride x stride blocks (`space_to_depth`), so each output pixel's
-    patch is the kh/stride x kw/stride blocks from its own on: a few plain slices. The
-    patch is then ordered as the kernel is, rows by columns by channels, and is one row
-    of the matrix multiplied by the kernel.
+    patch is the (kh / stride) x (kw / stride) blocks starting at the pixel's own block:
+    a few plain slices. The patch is then ordered as the kernel is, rows by columns by
+    channels, and is one row of the matrix multiplied by the kernel. The products are
+    TensorFlow's; only the order of summing them differs.
     """
     kernel_height, kernel_width, channels_in, channels_out = kernel.shape
     _, height, width, _ = x.shape
@@ -178,24 +180,49 @@ def conv2d_transpose_by_matmul(x, kernel, stride: int):
     return tf.slice(full, [0, top, left, 0], [-1, height * stride, width * stride, -1])
 
 
+def check_matmul_conv(layer: layers.Layer) -> None:
+    """Refuse options the matmul convolutions do not implement, rather than ignore them."""
+    strides, kernel_size = tuple(layer.strides), tuple(layer.kernel_size)
+    supported = (
+        layer.padding == "same"
+        and layer.data_format == "channels_last"
+        and tuple(layer.dilation_rate) == (1, 1)
+        and getattr(layer, "groups", 1) == 1
+        and getattr(layer, "output_padding", None) is None
+        and strides[0] == strides[1] >= 2
+        and all(side % strides[0] == 0 for side in kernel_size)
+    )
+    if not supported:
+        raise ValueError(
+            f"{type(layer).__name__} needs 'same' padding, channels last, no dilation or "
+            f"groups, equal strides of at least 2 and kernel sides that are multiples of "
+            f"them; got strides {strides}, kernel {kernel_size}, padding {layer.padding!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="mri_gan")
 class MatmulConv2D(layers.Conv2D):
-    """Keras' Conv2D ("same" padding, equal strides) computed by `conv2d_by_matmul`:
-    the same weights and the same sums."""
+    """Keras' Conv2D computed by `conv2d_by_matmul`: the same weights and products."""
 
-    def call(self, inputs):
-        y = conv2d_by_matmul(inputs, self.kernel, self.strides[0])
-        if self.use_bias:
-            y = tf.nn.bias_add(y, self.bias)
-        return self.activation(y) if self.activation is not None else y
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_matmul_conv(self)
+
+    def convolution_op(self, inputs, kernel):
+        return conv2d_by_matmul(inputs, kernel, self.strides[0])
 
 
 @keras.saving.register_keras_serializable(package="mri_gan")
 class MatmulConv2DTranspose(layers.Conv2DTranspose):
-    """Keras' Conv2DTranspose ("same" padding, kernel a multiple of the equal strides)
-    computed by `conv2d_transpose_by_matmul`: the same weights and the same sums."""
+    """Keras' Conv2DTranspose computed by `conv2d_transpose_by_matmul`: the same weights
+    and products."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_matmul_conv(self)
 
     def call(self, inputs):
+        # The stock call less its conv_transpose, which has no hook as Conv2D's has.
         y = conv2d_transpose_by_matmul(inputs, self.kernel, self.strides[0])
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)
@@ -203,7 +230,7 @@ class MatmulConv2DTranspose(layers.Conv2DTranspose):
 
 
 def small_map(x) -> bool:
-    """Whether `x`'s feature map has at most `SMALL_MAP_PIXELS` pixels."""
+    """Whether `x`'s feature map has a known size of at most `SMALL_MAP_PIXELS` pixels."""
     _, height, width, _ = x.shape
     return height is not None and width is not None and height * width <= SMALL_MAP_PIXELS
 
@@ -211,9 +238,13 @@ def small_map(x) -> bool:
 def strided_conv(x, filters: int):
     """A 4x4 stride-2 "same" conv, halving H and W: as a matmul on a small map or a
     one-channel image, else TensorFlow's kernel."""
-    by_matmul = small_map(x) or x.shape[-1] == 1
-    convolution = MatmulConv2D if by_matmul else layers.Conv2D
-    return convolution(filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(x)
+    _, height, width, channels = x.shape
+    known_size = height is not None and width is not None
+    by_matmul = small_map(x) or (known_size and channels == 1)
+    convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
+        filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
+    )
+    return convolution(x)
 
 
 def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
@@ -229,10 +260,10 @@ def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
         x = layers.Conv2DTranspose(filters, kernel, strides=2, kernel_initializer=WEIGHT_INIT)(x)
         crop = (kernel // 2, kernel // 2 - 1)
         return layers.Cropping2D((crop, crop))(x)
-    convolution = MatmulConv2DTranspose if small_map(x) else layers.Conv2DTranspose
-    return convolution(filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT)(
-        x
+    convolution = (MatmulConv2DTranspose if small_map(x) else layers.Conv2DTranspose)(
+        filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
     )
+    return convolution(x)
 
 
 def upsample(x, filters: int, norm: bool = True, dropout: bool = False, method: str = "transpose"):

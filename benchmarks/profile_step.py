@@ -29,7 +29,7 @@ KINDS = ("convolution kernels", "matmul convolutions", "Adam", "instance norm", 
 # An op's name in the trace: its graph name, a colon, its type.
 OP_EVENT = re.compile(r"^(?P<name>[^:\s]+):(?P<type>\w+)$")
 # Keras scopes a layer's ops as <network>_<call>/<layer>_<call>/...
-LAYER_SCOPE = re.compile(r"(?P<network>t[12]_to_t[12]|t[12]_critic)_\d+/(?P<layer>\w+?)_\d+/")
+LAYER_SCOPE = re.compile(r"(?P<network>t[12]_to_t[12]|t[12]_critic)_\d+/(?P<scope>\w+)/")
 
 
 def op_kind(name: str, op_type: str) -> str:
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     seconds_per_step = (time.perf_counter() - started) / args.steps
     tf.profiler.experimental.stop()
 
+    networks = (model.t1_to_t2, model.t2_to_t1, model.t1_critic, model.t2_critic)
+    layer_names = {network.name: {layer.name for layer in network.layers} for network in networks}
     by_kind = dict.fromkeys(KINDS, 0.0)
     by_layer: dict[tuple[str, str], float] = collections.Counter()
     for event, seconds in op_times(logdir).items():
@@ -107,13 +109,18 @@ def main(argv: list[str] | None = None) -> dict:
         by_kind[op_kind(name, op_type)] += seconds / args.steps
         scope = LAYER_SCOPE.search(name)
         if scope:
-            by_layer[scope.group("network", "layer")] += seconds / args.steps
+            network, layer = scope.group("network", "scope")
+            # The scope is the layer's name with a call number added: take it off.
+            layer = layer if layer in layer_names[network] else layer.rpartition("_")[0]
+            by_layer[network, layer] += seconds / args.steps
 
     # Every network sees 3 batches a step (GENERATOR_PASSES over the two generators;
-    # each critic: real, pooled and new fakes), forward and backward.
+    # each critic: real, pooled and new fakes), counted forward and backward as
+    # benchmarks.train_step counts them, though a few passes need only one of the
+    # two gradients (the critic's on the new fakes needs none for its weights).
     images = GENERATOR_PASSES // 2 * args.batch
     layers = []
-    for network in (model.t1_to_t2, model.t2_to_t1, model.t1_critic, model.t2_critic):
+    for network in networks:
         for layer in network.layers:
             gflop = layer_forward_flops(layer) * images * FORWARD_AND_BACKWARD / 1e9
             seconds = by_layer.get((network.name, layer.name), 0.0)
@@ -125,8 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "input": list(layer.input.shape[1:]),
                         "output": list(layer.output.shape[1:]),
                         "seconds": round(seconds, 4),
-                        "gflop": round(gflop, 3),
-                        "gflop_per_s": round(gflop / seconds, 1),
+                        "gflop": round(gflop, 6),
+                        "gflop_per_s": round(gflop / seconds, 3),
                     }
                 )
     layers.sort(key=lambda row: -row["seconds"])

@@ -110,15 +110,14 @@ def test_translate_volume_benchmark_prints_its_summary():
 
 
 def test_small_convs_benchmark_times_both_forms_of_every_unet_convolution():
-    summary = run_module("benchmarks.small_convs", "--size", "32", "--batch", "1", "--repeats", "1")
-    # A 32 px U-Net: 5 convolutions down, 4 transposed up, then the output layer.
+    summary = run_module("benchmarks.small_convs", "--size", "64", "--batch", "1", "--repeats", "1")
+    # A 64 px U-Net: 6 convolutions down, 5 transposed up, then the output layer.
     kinds = [row["kind"] for row in summary["layers"]]
-    assert kinds == ["down"] * 5 + ["up"] * 5
+    assert kinds == ["down"] * 6 + ["up"] * 6
     assert all(row["conv_ms"] > 0 and row["matmul_ms"] > 0 for row in summary["layers"])
-    # At 32 px every map but the last up-conv's (16x16 in, 32x32 out) is small, and
-    # the first conv has one channel in.
+    # By matmul: the one-channel input, and every input map of at most 16x16.
     used = [row["input_side"] for row in summary["layers"] if row["matmul_used"]]
-    assert used == [32, 16, 8, 4, 2, 1, 2, 4, 8, 16]
+    assert used == [64, 16, 8, 4, 2, 1, 2, 4, 8, 16]
     assert summary["used_layers_matmul_ms"] > 0
 
 

@@ -60,54 +60,85 @@ def value_and_gradients(function, x, kernel, output_gradient):
     return [y, *tape.gradient(y, [x, kernel], output_gradients=output_gradient)]
 
 
-# (batch, height, width): square and not, odd, and the 1-pixel bottleneck.
-SMALL_MAPS = [(2, 2, 4), (1, 1, 1), (3, 8, 8), (2, 1, 2), (2, 3, 5)]
+# (batch, height, width, kernel, stride): the U-Net's 4x4 stride-2 on maps square and
+# not, odd and 1-pixel, then kernels that are not square or not twice the stride.
+MATMUL_CASES = [
+    (2, 2, 4, (4, 4), 2),
+    (1, 1, 1, (4, 4), 2),
+    (3, 8, 8, (4, 4), 2),
+    (2, 1, 2, (4, 4), 2),
+    (2, 3, 5, (4, 4), 2),
+    (2, 3, 5, (2, 4), 2),
+    (2, 5, 3, (6, 3), 3),
+    (1, 2, 3, (4, 8), 4),
+]
 
 
-@pytest.mark.parametrize("batch, height, width", SMALL_MAPS)
-def test_conv_by_matmul_is_tensorflows_strided_same_conv_forward_and_backward(batch, height, width):
-    rng = np.random.default_rng(height * 10 + width)
-    x = tf.constant(rng.normal(size=(batch, height, width, 6)), tf.float32)
-    kernel = tf.constant(rng.normal(size=(4, 4, 6, 5)), tf.float32)
-    output_gradient = tf.constant(
-        rng.normal(size=(batch, -(-height // 2), -(-width // 2), 5)), tf.float32
-    )
-
-    ours = value_and_gradients(
-        lambda x, k: mri_gan.conv2d_by_matmul(x, k, 2), x, kernel, output_gradient
-    )
-    reference = value_and_gradients(
-        lambda x, k: tf.nn.conv2d(x, k, 2, "SAME"), x, kernel, output_gradient
-    )
-
+def assert_same_values_and_gradients(ours, reference):
     for got, expected in zip(ours, reference, strict=True):
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("batch, height, width", SMALL_MAPS)
-def test_transposed_conv_by_matmul_is_tensorflows_same_transposed_conv_forward_and_backward(
-    batch, height, width
+@pytest.mark.parametrize("batch, height, width, kernel_size, stride", MATMUL_CASES)
+def test_conv_by_matmul_is_tensorflows_strided_same_conv_forward_and_backward(
+    batch, height, width, kernel_size, stride
 ):
     rng = np.random.default_rng(height * 10 + width)
     x = tf.constant(rng.normal(size=(batch, height, width, 6)), tf.float32)
-    kernel = tf.constant(rng.normal(size=(4, 4, 5, 6)), tf.float32)  # (kh, kw, out, in)
-    output_shape = (batch, 2 * height, 2 * width, 5)
+    kernel = tf.constant(rng.normal(size=(*kernel_size, 6, 5)), tf.float32)
+    output_shape = (batch, -(-height // stride), -(-width // stride), 5)
     output_gradient = tf.constant(rng.normal(size=output_shape), tf.float32)
 
-    ours = value_and_gradients(
-        lambda x, k: mri_gan.conv2d_transpose_by_matmul(x, k, 2), x, kernel, output_gradient
-    )
-    reference = value_and_gradients(
-        lambda x, k: tf.nn.conv2d_transpose(x, k, output_shape, 2, "SAME"),
-        x,
-        kernel,
-        output_gradient,
+    assert_same_values_and_gradients(
+        value_and_gradients(
+            lambda x, k: mri_gan.conv2d_by_matmul(x, k, stride), x, kernel, output_gradient
+        ),
+        value_and_gradients(
+            lambda x, k: tf.nn.conv2d(x, k, stride, "SAME"), x, kernel, output_gradient
+        ),
     )
 
-    for got, expected in zip(ours, reference, strict=True):
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+@pytest.mark.parametrize("batch, height, width, kernel_size, stride", MATMUL_CASES)
+def test_transposed_conv_by_matmul_is_tensorflows_same_transposed_conv_forward_and_backward(
+    batch, height, width, kernel_size, stride
+):
+    rng = np.random.default_rng(height * 10 + width)
+    x = tf.constant(rng.normal(size=(batch, height, width, 6)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(*kernel_size, 5, 6)), tf.float32)  # (kh, kw, out, in)
+    output_shape = (batch, stride * height, stride * width, 5)
+    output_gradient = tf.constant(rng.normal(size=output_shape), tf.float32)
+
+    assert_same_values_and_gradients(
+        value_and_gradients(
+            lambda x, k: mri_gan.conv2d_transpose_by_matmul(x, k, stride),
+            x,
+            kernel,
+            output_gradient,
+        ),
+        value_and_gradients(
+            lambda x, k: tf.nn.conv2d_transpose(x, k, output_shape, stride, "SAME"),
+            x,
+            kernel,
+            output_gradient,
+        ),
+    )
+
+
+@pytest.mark.parametrize("layer", ["MatmulConv2D", "MatmulConv2DTranspose"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kernel_size": 4, "strides": 1, "padding": "same"},
+        {"kernel_size": 4, "strides": 2, "padding": "valid"},
+        {"kernel_size": 3, "strides": 2, "padding": "same"},
+        {"kernel_size": 4, "strides": (2, 1), "padding": "same"},
+    ],
+)
+def test_matmul_layers_refuse_options_they_do_not_implement(layer, options):
+    with pytest.raises(ValueError, match="needs 'same' padding"):
+        getattr(mri_gan, layer)(filters=2, **options)
 
 
 @pytest.mark.parametrize(
