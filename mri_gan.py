@@ -79,9 +79,9 @@ class ReflectionPadding2D(layers.Layer):
 
 # Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below;
 # for a transposed conv, its input) are convolved as one matrix product, and so are
-# one-channel images: there
-# TensorFlow's convolution kernels run far below a matmul's speed, while on larger maps
-# they run at about it (python -m benchmarks.small_convs shows both, layer by layer).
+# one-channel images: there TensorFlow's convolution kernels run far below a matmul's
+# speed, while on larger maps they run at about it (python -m benchmarks.small_convs
+# shows both, layer by layer).
 SMALL_MAP_PIXELS = 256
 
 
