@@ -126,6 +126,53 @@ def test_transposed_conv_by_matmul_is_tensorflows_same_transposed_conv_forward_a
     )
 
 
+# (kernel, stride, crop): the reference ResNet's, then uneven crops and kernels.
+CROPPED_CASES = [
+    (3, 2, ((1, 0), (1, 0))),
+    (5, 2, ((2, 1), (0, 3))),
+    ((3, 4), 3, ((0, 0), (2, 2))),
+]
+
+
+@pytest.mark.parametrize("kernel_size, stride, crop", CROPPED_CASES)
+def test_cropped_transposed_conv_is_the_valid_one_then_cropping_forward_and_backward(
+    kernel_size, stride, crop, tmp_path
+):
+    x = tf.random.normal((2, 3, 5, 6), seed=4)
+    options = {"filters": 4, "kernel_size": kernel_size, "strides": stride}
+    ours = mri_gan.CroppedConv2DTranspose(**options, crop=crop, bias_initializer="random_normal")
+    stock = keras.layers.Conv2DTranspose(**options)
+    ours.build(x.shape)
+    stock.build(x.shape)
+    stock.set_weights(ours.get_weights())
+    cropping = keras.layers.Cropping2D(crop)
+    output_gradient = tf.random.normal(ours.compute_output_shape(x.shape), seed=5)
+
+    def value_and_gradients_of(layer, apply):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = apply(x)
+        return [y, *tape.gradient(y, [x, *layer.trainable_variables], output_gradient)]
+
+    assert_same_values_and_gradients(
+        value_and_gradients_of(ours, ours),
+        value_and_gradients_of(stock, lambda x: cropping(stock(x))),
+    )
+    # The crop survives a .keras round trip.
+    inputs = keras.Input((None, None, 6))
+    path = tmp_path / "cropped.keras"
+    keras.Model(inputs, ours(inputs)).save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded(x), ours(x), rtol=1e-6)
+
+
+def test_cropped_transposed_conv_refuses_options_it_does_not_implement():
+    with pytest.raises(ValueError, match="needs 'valid' padding"):
+        mri_gan.CroppedConv2DTranspose(2, 3, strides=2, padding="same")
+    with pytest.raises(ValueError, match="needs 'valid' padding"):
+        mri_gan.CroppedConv2DTranspose(2, 3, strides=2, crop=((1, -1), (0, 0)))
+
+
 @pytest.mark.parametrize("layer", ["MatmulConv2D", "MatmulConv2DTranspose"])
 @pytest.mark.parametrize(
     "options",
@@ -176,6 +223,36 @@ def test_instance_normalization_normalizes_each_image_and_channel():
     out = mri_gan.InstanceNormalization()(values).numpy()
     np.testing.assert_allclose(out.mean(axis=(1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_fused_and_unfused_paths_agree_forward_and_backward(batch):
+    norm = mri_gan.InstanceNormalization()
+    values = tf.random.normal((batch, 6, 5, 4), mean=2.0, stddev=3.0, seed=6)
+    output_gradient = tf.random.normal(values.shape, seed=7)
+
+    def value_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = norm(x)
+        return y, tape.gradient(y, x, output_gradient)
+
+    # A known batch size takes the fused kernel; an unknown one, the separate ops.
+    fused = tf.function(value_and_gradient)(values)
+    unfused = tf.function(
+        value_and_gradient, input_signature=[tf.TensorSpec((None, 6, 5, 4), tf.float32)]
+    )(values)
+    # By hand: y = (x - mean) / sqrt(var + eps); dx = (g - mean(g) - y mean(g y)) / sqrt(..).
+    x, g = values.numpy().astype(np.float64), output_gradient.numpy().astype(np.float64)
+    deviation = x - x.mean(axis=(1, 2), keepdims=True)
+    scale = 1 / np.sqrt((deviation**2).mean(axis=(1, 2), keepdims=True) + 1.001e-5)
+    y = deviation * scale
+    dx = scale * (
+        g - g.mean(axis=(1, 2), keepdims=True) - y * (g * y).mean(axis=(1, 2), keepdims=True)
+    )
+    for got in (fused, unfused):
+        np.testing.assert_allclose(got[0], y, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[1], dx, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("gan_loss", ["lsgan", "bce"])
