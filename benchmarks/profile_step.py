@@ -28,8 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 KINDS = ("convolution kernels", "matmul convolutions", "Adam", "instance norm", "other")
 # An op's name in the trace: its graph name, a colon, its type.
 OP_EVENT = re.compile(r"^(?P<name>[^:\s]+):(?P<type>\w+)$")
-# Keras scopes a layer's ops as <network>_<call>/<layer>_<call>/...
-LAYER_SCOPE = re.compile(r"(?P<network>t[12]_to_t[12]|t[12]_critic)_\d+/(?P<scope>\w+)/")
+# Keras scopes a layer's ops as <network>_<call>/<layer>_<call>/...; the layer's part
+# always ends in its call number, which must come off: "conv2d_1_2" is layer "conv2d_1",
+# "conv2d_1" is layer "conv2d".
+LAYER_SCOPE = re.compile(r"(?P<network>t[12]_to_t[12]|t[12]_critic)_\d+/(?P<layer>\w+)_\d+/")
 
 
 def op_kind(name: str, op_type: str) -> str:
@@ -101,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict:
     tf.profiler.experimental.stop()
 
     networks = (model.t1_to_t2, model.t2_to_t1, model.t1_critic, model.t2_critic)
-    layer_names = {network.name: {layer.name for layer in network.layers} for network in networks}
     by_kind = dict.fromkeys(KINDS, 0.0)
     by_layer: dict[tuple[str, str], float] = collections.Counter()
     for event, seconds in op_times(logdir).items():
@@ -109,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         by_kind[op_kind(name, op_type)] += seconds / args.steps
         scope = LAYER_SCOPE.search(name)
         if scope:
-            network, layer = scope.group("network", "scope")
-            # The scope is the layer's name with a call number added: take it off.
-            layer = layer if layer in layer_names[network] else layer.rpartition("_")[0]
-            by_layer[network, layer] += seconds / args.steps
+            by_layer[scope.group("network", "layer")] += seconds / args.steps
 
     # Every network sees 3 batches a step (GENERATOR_PASSES over the two generators;
     # each critic: real, pooled and new fakes), counted forward and backward as
