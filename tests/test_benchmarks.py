@@ -79,6 +79,32 @@ def test_train_step_benchmark_prints_its_summary(generator):
     assert (summary["mixed_precision"], summary["xla"]) == (False, False)  # CPU defaults
 
 
+@pytest.mark.parametrize("generator", ["unet", "resnet"])
+def test_conv_bound_benchmark_times_every_convolution_of_both_networks(generator):
+    summary = run_module(
+        "benchmarks.conv_bound", "--generator", generator, "--size", "32", "--repeats", "1"
+    )
+    networks = {
+        "generator": mri_gan.GENERATORS[generator](32, 32, "g"),
+        "critic": mri_gan.patchgan_discriminator(32, 32, "d"),
+    }
+    timed = collections.Counter(row["network"] for row in summary["layers"])
+    assert timed == {
+        name: sum(layer_forward_flops(layer) > 0 for layer in network.layers)
+        for name, network in networks.items()
+    }
+    assert all(row["seconds"] > 0 for row in summary["layers"])
+    # Two networks of each kind: twice the layers' sum.
+    total = 2 * sum(row["seconds"] for row in summary["layers"])
+    assert summary["conv_s_per_step"] == pytest.approx(total, rel=1e-3)
+    assert summary["gflop_per_step"] == pytest.approx(
+        cyclegan_step_flops(*networks.values()) / 1e9, rel=1e-4
+    )
+    assert summary["fraction_of_matmul"] == pytest.approx(
+        summary["gflop_per_step"] / total / summary["matmul_gflop_per_s"], rel=1e-2
+    )
+
+
 def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
     t1, t2 = tiny_dataset
     summary = run_module(

@@ -1,0 +1,103 @@
+"""How fast the train step could be with these convolution kernels: a bound.
+
+    python -m benchmarks.conv_bound --generator unet --size 256 --batch 1 [--json]
+
+Every convolution layer of a generator and a critic, as the model builds it (TensorFlow's
+kernel or the matmul form), is timed alone: forward and backward (gradients for its input
+and weights), best of `--repeats`, on the batch of 3 x `--batch` images each network
+sees in a step, with its data hot in cache. Their sum over the four networks is the
+step's convolution time if every layer ran as fast as it does alone and nothing else
+took time; the step's counted FLOPs (`benchmarks.flops`) over it, against this
+machine's matmul rate, is the most of the matmul rate the step can reach with these
+kernels. The last line printed is the summary (one JSON object with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def layer_seconds(layer, batch: int, repeats: int) -> float:
+    """Best time of `layer` forward and backward on `batch` random images of its input."""
+    import tensorflow as tf
+
+    from benchmarks.small_convs import best_seconds
+
+    x = tf.random.normal((batch, *layer.input.shape[1:]))
+    output_gradient = tf.random.normal((batch, *layer.output.shape[1:]))
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, [x, *layer.trainable_variables], output_gradient)
+
+    return best_seconds(lambda: [gradient.numpy() for gradient in run()], repeats)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
+    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs, best kept")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import mri_gan
+    from benchmarks.flops import GENERATOR_PASSES, cyclegan_step_flops, layer_forward_flops
+    from benchmarks.train_step import matmul_gflops
+
+    generator = mri_gan.GENERATORS[args.generator](args.size, args.size, "generator")
+    critic = mri_gan.patchgan_discriminator(args.size, args.size, "critic")
+    # Each network sees 3 batches a step, as benchmarks.flops counts them.
+    images = GENERATOR_PASSES // 2 * args.batch
+    matmul = matmul_gflops()
+    seconds = {}
+    for network in (generator, critic):
+        for layer in network.layers:
+            if layer_forward_flops(layer):
+                seconds[network.name, layer.name] = layer_seconds(layer, images, args.repeats)
+                print(
+                    f"{network.name:>9} {layer.name:<30} {str(layer.input.shape[1:]):>16} -> "
+                    f"{str(layer.output.shape[1:]):<16} "
+                    f"{1e3 * seconds[network.name, layer.name]:7.1f} ms"
+                )
+    matmul = max(matmul, matmul_gflops())
+    # Two generators and two critics of the same shapes.
+    bound_seconds = 2 * sum(seconds.values())
+    gflop = cyclegan_step_flops(generator, critic, args.batch) / 1e9
+    result = {
+        "generator": args.generator,
+        "size": args.size,
+        "batch": args.batch,
+        "conv_s_per_step": round(bound_seconds, 4),
+        "gflop_per_step": round(gflop, 3),
+        "gflop_per_s": round(gflop / bound_seconds, 3),
+        "matmul_gflop_per_s": round(matmul, 3),
+        "fraction_of_matmul": round(gflop / bound_seconds / matmul, 4),
+        "layers": [
+            {"network": network, "layer": layer, "seconds": round(time, 5)}
+            for (network, layer), time in seconds.items()
+        ],
+    }
+    print(
+        f"conv_bound {args.generator} {args.size}x{args.size} batch {args.batch}: "
+        f"convolutions alone {bound_seconds:.3f} s/step, {result['gflop_per_s']:.1f} GFLOP/s "
+        f"= at most {100 * result['fraction_of_matmul']:.0f} % of matmul "
+        f"({matmul:.1f} GFLOP/s)"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
