@@ -3,9 +3,10 @@
     python -m benchmarks.train_step --generator unet --size 256 --batch 1 [--json]
 
 In one process: the best fp32 throughput of a 2048x2048 matmul (before and after the
-steps); the models built as training builds them; the median and spread of the
-compiled train step (warm-up excluded); the step's convolution FLOPs counted from the
-layer shapes (`benchmarks.flops`); and the peak resident memory. The last line printed is the
+steps) and the rate it keeps up run back to back (`--sustained_seconds`, after); the
+models built as training builds them; the median and spread of the compiled train step
+(warm-up excluded); the step's convolution FLOPs counted from the layer shapes
+(`benchmarks.flops`); and the peak resident memory. The last line printed is the
 summary (one JSON object with --json). Runs on a GPU unchanged when TensorFlow sees one.
 """
 
@@ -22,20 +23,39 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of a size x size matmul on TensorFlow's default device."""
+def square_matmul(size: int):
+    """A compiled size x size fp32 matmul, run once, and its FLOPs."""
     import tensorflow as tf
 
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     multiply = tf.function(lambda: tf.matmul(a, b))
     multiply().numpy()
+    return lambda: multiply().numpy(), 2 * size**3
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of a size x size matmul on TensorFlow's default device."""
+    multiply, flops = square_matmul(size)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        multiply().numpy()
+        multiply()
         best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+    return flops / best / 1e9
+
+
+def sustained_matmul_gflops(seconds: float, size: int = 2048) -> float:
+    """fp32 GFLOP/s of size x size matmuls run back to back for `seconds`: the rate the
+    machine keeps up under steady load, as training loads it, not its best single run."""
+    multiply, flops = square_matmul(size)
+    count, started = 0, time.perf_counter()
+    while True:
+        multiply()
+        count += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return flops * count / elapsed / 1e9
 
 
 def compiled_train_step(config, warmup: int):
@@ -96,6 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--sustained_seconds",
+        type=float,
+        default=10.0,
+        help="how long to run matmuls back to back for the sustained rate",
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
@@ -121,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Measured again after the steps, keeping the best: a matmul slowed by a passing
     # job would otherwise inflate the fraction.
     matmul = max(matmul, matmul_gflops())
+    sustained = sustained_matmul_gflops(args.sustained_seconds)
     median = statistics.median(seconds)
     gflop = cyclegan_step_flops(model.t1_to_t2, model.t1_critic, args.batch) / 1e9
     result = {
@@ -141,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         "gflop_per_s": round(gflop / median, 1),
         "matmul_gflop_per_s": round(matmul, 1),
         "fraction_of_matmul": round(gflop / median / matmul, 3),
+        "sustained_matmul_gflop_per_s": round(sustained, 1),
+        "fraction_of_sustained_matmul": round(gflop / median / sustained, 3),
         "peak_rss_mb": round(peak_rss_mb()),
     }
     print(
@@ -149,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"max {max(seconds):.3f}), {result['images_per_s']} images/s, "
         f"{result['gflop_per_step']} GFLOP/step, {result['gflop_per_s']} GFLOP/s = "
         f"{100 * result['fraction_of_matmul']:.0f} % of matmul "
-        f"({result['matmul_gflop_per_s']} GFLOP/s), peak RSS {result['peak_rss_mb']} MB"
+        f"({result['matmul_gflop_per_s']} GFLOP/s; "
+        f"{100 * result['fraction_of_sustained_matmul']:.0f} % of its sustained "
+        f"{result['sustained_matmul_gflop_per_s']}), peak RSS {result['peak_rss_mb']} MB"
     )
     if args.json:
         print(json.dumps(result))

@@ -63,7 +63,7 @@ def test_train_step_benchmark_prints_its_summary(generator):
     summary = run_module(
         "benchmarks.train_step",
         *("--generator", generator, "--size", "32", "--batch", "1"),
-        *("--steps", "2", "--warmup", "1"),
+        *("--steps", "2", "--warmup", "1", "--sustained_seconds", "0.5"),
     )
     for key in (
         "median_s_per_step",
@@ -72,8 +72,12 @@ def test_train_step_benchmark_prints_its_summary(generator):
         "gflop_per_s",
         "matmul_gflop_per_s",
         "fraction_of_matmul",
+        "sustained_matmul_gflop_per_s",
     ):
         assert summary[key] > 0, key
+    assert summary["fraction_of_sustained_matmul"] == pytest.approx(
+        summary["gflop_per_s"] / summary["sustained_matmul_gflop_per_s"], rel=0.02
+    )
     assert summary["size"] == 32 and summary["steps"] == 2
     assert summary["generator"] == generator
     assert (summary["mixed_precision"], summary["xla"]) == (False, False)  # CPU defaults
