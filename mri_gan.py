@@ -238,6 +238,14 @@ class MatmulConv2D(layers.Conv2D):
         return conv2d_by_matmul(inputs, kernel, self.strides[0])
 
 
+def bias_and_activation(layer: layers.Conv2DTranspose, y):
+    """The rest of Keras' Conv2DTranspose call after its convolution, for the subclasses
+    that replace the call (Conv2DTranspose has no `convolution_op` hook as Conv2D has)."""
+    if layer.use_bias:
+        y = tf.nn.bias_add(y, layer.bias)
+    return layer.activation(y) if layer.activation is not None else y
+
+
 @keras.saving.register_keras_serializable(package="mri_gan")
 class MatmulConv2DTranspose(layers.Conv2DTranspose):
     """Keras' Conv2DTranspose computed by `conv2d_transpose_by_matmul`: the same weights
@@ -248,11 +256,9 @@ class MatmulConv2DTranspose(layers.Conv2DTranspose):
         check_matmul_conv(self)
 
     def call(self, inputs):
-        # The stock call less its conv_transpose, which has no hook as Conv2D's has.
-        y = conv2d_transpose_by_matmul(inputs, self.kernel, self.strides[0])
-        if self.use_bias:
-            y = tf.nn.bias_add(y, self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return bias_and_activation(
+            self, conv2d_transpose_by_matmul(inputs, self.kernel, self.strides[0])
+        )
 
 
 @keras.saving.register_keras_serializable(package="mri_gan")
@@ -292,7 +298,6 @@ class CroppedConv2DTranspose(layers.Conv2DTranspose):
         return sides
 
     def call(self, inputs):
-        # The stock call less its conv_transpose, which has no hook as Conv2D's has.
         batch, height, width = tf.unstack(tf.shape(inputs)[:3])
         out_height, out_width = self.cropped_sides(height, width)
         (top, bottom), (left, right) = self.crop
@@ -304,9 +309,7 @@ class CroppedConv2DTranspose(layers.Conv2DTranspose):
             padding=[[0, 0], [top, bottom], [left, right], [0, 0]],
         )
         y.set_shape(self.compute_output_shape(inputs.shape))
-        if self.use_bias:
-            y = tf.nn.bias_add(y, self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return bias_and_activation(self, y)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
