@@ -20,7 +20,7 @@ from config import TrainConfig, unet_levels
 WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 # The widest layers have 8x the filters of the first, as in pix2pix (64 -> 512).
 MAX_FILTER_MULTIPLE = 8
-# The least epsilon TensorFlow's fused batch norm takes (cuDNN's floor, as `tf.nn` sets it).
+# The least epsilon `tf.nn`'s fused batch norm lets through (cuDNN's floor on GPUs).
 FUSED_MIN_EPSILON = 1.001e-5
 
 
@@ -29,10 +29,11 @@ class InstanceNormalization(layers.Layer):
     """Normalize each image's channels to zero mean, unit variance over H and W.
 
     Input and output (batch, H, W, C); statistics in float32 even under mixed precision.
-    With a known batch size each image goes through TensorFlow's fused batch-norm kernel
-    (one image is a batch whose per-channel statistics are the image's own): the same
-    sums in about half the time of the separate ops, which remain for an unknown batch.
-    `epsilon` is at least `FUSED_MIN_EPSILON`, the fused kernel's floor on GPUs.
+    With a known batch size (training's full batches) each image goes through
+    TensorFlow's fused batch-norm kernel (one image is a batch whose per-channel
+    statistics are the image's own): the same sums in about half the time of the
+    separate ops, which remain for an unknown batch. `epsilon` is at least
+    `FUSED_MIN_EPSILON` on both paths.
     """
 
     def __init__(self, epsilon: float = 1e-5, **kwargs) -> None:
@@ -49,8 +50,7 @@ class InstanceNormalization(layers.Layer):
         else:
             ones, zeros = tf.ones([channels]), tf.zeros([channels])
             empty = tf.constant([], tf.float32)
-            images = tf.split(values, batch) if batch > 1 else [values]
-            normalized = [
+            per_image = [
                 tf.raw_ops.FusedBatchNormV3(
                     x=image,
                     scale=ones,
@@ -60,9 +60,9 @@ class InstanceNormalization(layers.Layer):
                     epsilon=epsilon,
                     is_training=True,
                 )[0]
-                for image in images
+                for image in tf.split(values, batch)
             ]
-            normalized = tf.concat(normalized, 0) if batch > 1 else normalized[0]
+            normalized = tf.concat(per_image, 0)
         return tf.cast(normalized, inputs.dtype)
 
     def get_config(self) -> dict:
@@ -272,29 +272,49 @@ class CroppedConv2DTranspose(layers.Conv2DTranspose):
 
     def __init__(self, *args, crop=((0, 0), (0, 0)), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.crop = tuple(tuple(int(side) for side in pair) for pair in crop)
+        pairs = (
+            isinstance(crop, (tuple, list))
+            and len(crop) == 2
+            and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in crop)
+        )
+        self.crop = tuple(tuple(int(side) for side in pair) for pair in crop) if pairs else crop
         supported = (
-            self.padding == "valid"
+            pairs
+            and all(side >= 0 for pair in self.crop for side in pair)
+            and self.padding == "valid"
             and self.data_format == "channels_last"
             and tuple(self.dilation_rate) == (1, 1)
             and self.output_padding is None
-            and len(self.crop) == 2
-            and all(len(pair) == 2 and min(pair) >= 0 for pair in self.crop)
+            # A stride above the kernel makes Keras' "valid" output longer than the sum.
+            and all(k >= s for k, s in zip(self.kernel_size, self.strides, strict=True))
         )
         if not supported:
             raise ValueError(
-                f"CroppedConv2DTranspose needs 'valid' padding, channels last, no dilation "
-                f"or output padding and crop ((top, bottom), (left, right)) of sides >= 0; "
-                f"got padding {self.padding!r}, crop {crop!r}"
+                f"CroppedConv2DTranspose needs crop ((top, bottom), (left, right)) of sides "
+                f">= 0, 'valid' padding, channels last, no dilation or output padding, and "
+                f"strides no larger than the kernel; got crop {crop!r}, padding "
+                f"{self.padding!r}, kernel {self.kernel_size}, strides {self.strides}, "
+                f"dilation {self.dilation_rate}, output padding {self.output_padding}, "
+                f"data format {self.data_format!r}"
             )
 
     def cropped_sides(self, height, width):
-        """Output height and width for an input of `height` x `width`."""
+        """Output height and width for an input of `height` x `width` (known sides are
+        checked: the crop must leave at least one row and column)."""
         sides = []
         for side, kernel, stride, (before, after) in zip(
             (height, width), self.kernel_size, self.strides, self.crop, strict=True
         ):
-            sides.append(None if side is None else (side - 1) * stride + kernel - before - after)
+            if side is None:
+                sides.append(None)
+                continue
+            out = (side - 1) * stride + kernel - before - after
+            if isinstance(out, int) and out < 1:
+                raise ValueError(
+                    f"crop {self.crop} leaves nothing of a {side}-pixel input side "
+                    f"(full output {out + before + after})"
+                )
+            sides.append(out)
         return sides
 
     def call(self, inputs):
@@ -348,9 +368,12 @@ def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
         # PyTorch's ConvTranspose2d(k, 2, padding=k // 2, output_padding=1), as the
         # reference ResNet has it: the full 2n + 1 output less its first row and column.
         crop = (kernel // 2, kernel // 2 - 1)
-        return CroppedConv2DTranspose(
+        x = CroppedConv2DTranspose(
             filters, kernel, strides=2, crop=(crop, crop), kernel_initializer=WEIGHT_INIT
         )(x)
+        # In the place of the Cropping2D layer that once followed: checkpoints find layers
+        # by position, so ResNet runs saved before the crop moved into the kernel restore.
+        return layers.Identity()(x)
     convolution = (MatmulConv2DTranspose if small_map(x) else layers.Conv2DTranspose)(
         filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
     )

@@ -75,8 +75,9 @@ def test_train_step_benchmark_prints_its_summary(generator):
         "sustained_matmul_gflop_per_s",
     ):
         assert summary[key] > 0, key
+    # Both sides are rounded in the summary: 3 decimals for the fraction, 1 for GFLOP/s.
     assert summary["fraction_of_sustained_matmul"] == pytest.approx(
-        summary["gflop_per_s"] / summary["sustained_matmul_gflop_per_s"], rel=0.02
+        summary["gflop_per_s"] / summary["sustained_matmul_gflop_per_s"], rel=0.02, abs=2e-3
     )
     assert summary["size"] == 32 and summary["steps"] == 2
     assert summary["generator"] == generator
@@ -100,12 +101,12 @@ def test_conv_bound_benchmark_times_every_convolution_of_both_networks(generator
     assert all(row["seconds"] > 0 for row in summary["layers"])
     # Two networks of each kind: twice the layers' sum.
     total = 2 * sum(row["seconds"] for row in summary["layers"])
-    assert summary["conv_s_per_step"] == pytest.approx(total, rel=1e-3)
+    assert summary["conv_s_per_step"] == pytest.approx(total, rel=1e-3, abs=1e-4)
     assert summary["gflop_per_step"] == pytest.approx(
         cyclegan_step_flops(*networks.values()) / 1e9, rel=1e-4
     )
     assert summary["fraction_of_matmul"] == pytest.approx(
-        summary["gflop_per_step"] / total / summary["matmul_gflop_per_s"], rel=1e-2
+        summary["gflop_per_step"] / total / summary["matmul_gflop_per_s"], rel=1e-2, abs=1e-3
     )
 
 

@@ -166,11 +166,40 @@ def test_cropped_transposed_conv_is_the_valid_one_then_cropping_forward_and_back
     np.testing.assert_allclose(loaded(x), ours(x), rtol=1e-6)
 
 
-def test_cropped_transposed_conv_refuses_options_it_does_not_implement():
-    with pytest.raises(ValueError, match="needs 'valid' padding"):
-        mri_gan.CroppedConv2DTranspose(2, 3, strides=2, padding="same")
-    with pytest.raises(ValueError, match="needs 'valid' padding"):
-        mri_gan.CroppedConv2DTranspose(2, 3, strides=2, crop=((1, -1), (0, 0)))
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kernel_size": 3, "strides": 2, "padding": "same"},
+        {"kernel_size": 3, "strides": 2, "crop": ((1, -1), (0, 0))},
+        {"kernel_size": 3, "strides": 2, "crop": 1},
+        {"kernel_size": 1, "strides": 3},
+    ],
+)
+def test_cropped_transposed_conv_refuses_options_it_does_not_implement(options):
+    with pytest.raises(ValueError, match="CroppedConv2DTranspose needs crop"):
+        mri_gan.CroppedConv2DTranspose(2, **options)
+
+
+def test_cropped_transposed_conv_refuses_a_crop_that_leaves_nothing():
+    layer = mri_gan.CroppedConv2DTranspose(2, 3, strides=2, crop=((3, 2), (0, 0)))
+    with pytest.raises(ValueError, match="leaves nothing of a 2-pixel input side"):
+        layer(tf.zeros((1, 2, 2, 1)))
+
+
+def test_generator_layers_keep_the_positions_earlier_checkpoints_have():
+    # tf.train.Checkpoint finds a model's layers by position: the layers with weights
+    # must stay where runs saved by earlier versions have them.
+    def weighted_positions(network):
+        return len(network.layers), [i for i, x in enumerate(network.layers) if x.weights]
+
+    assert weighted_positions(mri_gan.resnet_generator(64, 64, "g", 8)) == (
+        72,
+        [2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 54, 58, 61, 65, 70],
+    )
+    assert weighted_positions(mri_gan.unet_generator(64, 64, "g", 8)) == (
+        40,
+        [1, 3, 6, 9, 12, 15, 17, 21, 26, 30, 34, 38],
+    )
 
 
 @pytest.mark.parametrize("layer", ["MatmulConv2D", "MatmulConv2DTranspose"])
@@ -238,14 +267,24 @@ def test_instance_norm_fused_and_unfused_paths_agree_forward_and_backward(batch)
         return y, tape.gradient(y, x, output_gradient)
 
     # A known batch size takes the fused kernel; an unknown one, the separate ops.
-    fused = tf.function(value_and_gradient)(values)
-    unfused = tf.function(
-        value_and_gradient, input_signature=[tf.TensorSpec((None, 6, 5, 4), tf.float32)]
-    )(values)
+    traced = {
+        "fused": tf.function(value_and_gradient).get_concrete_function(values),
+        "unfused": tf.function(value_and_gradient).get_concrete_function(
+            tf.TensorSpec((None, 6, 5, 4), tf.float32)
+        ),
+    }
+    op_types = {
+        path: {op.type for op in function.graph.get_operations()}
+        for path, function in traced.items()
+    }
+    assert "FusedBatchNormV3" in op_types["fused"]
+    assert "FusedBatchNormV3" not in op_types["unfused"]
+    fused, unfused = (function(values) for function in traced.values())
     # By hand: y = (x - mean) / sqrt(var + eps); dx = (g - mean(g) - y mean(g y)) / sqrt(..).
     x, g = values.numpy().astype(np.float64), output_gradient.numpy().astype(np.float64)
     deviation = x - x.mean(axis=(1, 2), keepdims=True)
-    scale = 1 / np.sqrt((deviation**2).mean(axis=(1, 2), keepdims=True) + 1.001e-5)
+    variance = (deviation**2).mean(axis=(1, 2), keepdims=True)
+    scale = 1 / np.sqrt(variance + mri_gan.FUSED_MIN_EPSILON)
     y = deviation * scale
     dx = scale * (
         g - g.mean(axis=(1, 2), keepdims=True) - y * (g * y).mean(axis=(1, 2), keepdims=True)
