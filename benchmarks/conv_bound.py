@@ -18,9 +18,10 @@ object with --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,19 +30,14 @@ def layer_seconds(layer, batch: int, repeats: int) -> float:
     """Best time of `layer` forward and backward on `batch` random images of its input."""
     import tensorflow as tf
 
-    from benchmarks.small_convs import best_seconds
+    from benchmarks.small_convs import best_seconds, forward_and_backward
 
     x = tf.random.normal((batch, *layer.input.shape[1:]))
     output_gradient = tf.random.normal((batch, *layer.output.shape[1:]))
-
-    @tf.function
-    def run():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-        return tape.gradient(y, [x, *layer.trainable_variables], output_gradient)
-
-    return best_seconds(lambda: [gradient.numpy() for gradient in run()], repeats)
+    # The layer's weights as TensorFlow variables (`.value`), which a tape can watch.
+    weights = [weight.value for weight in layer.trainable_variables]
+    run = forward_and_backward(lambda x, *_: layer(x), [x, *weights], output_gradient)
+    return best_seconds(run, repeats)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,15 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
             for (network, layer), time in seconds.items()
         ],
     }
-    print(
+    return report(
         f"conv_bound {args.generator} {args.size}x{args.size} batch {args.batch}: "
         f"convolutions alone {bound_seconds:.3f} s/step, {result['gflop_per_s']:.1f} GFLOP/s "
         f"= about {100 * result['fraction_of_matmul']:.0f} % of matmul at most "
-        f"({matmul:.1f} GFLOP/s)"
+        f"({matmul:.1f} GFLOP/s)",
+        result,
+        args.json,
     )
-    if args.json:
-        print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

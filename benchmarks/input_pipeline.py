@@ -18,13 +18,14 @@ The last line printed is the summary (one JSON object with --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"; epochs after the first wait for data {100 * result['later_wait_fraction']:.2f} "
             f"% of {result['later_epoch_s']} s"
         )
-    print(line)
-    if args.json:
-        print(json.dumps(result))
-    return result
+    return report(line, result, args.json)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
 import tempfile
 import time
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -156,13 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"{kind} {seconds:.3f} s ({100 * seconds / op_seconds:.0f} %)"
         for kind, seconds in by_kind.items()
     )
-    print(
+    return report(
         f"profile_step {args.generator} {args.size}x{args.size} batch {args.batch}: "
-        f"{seconds_per_step:.3f} s/step traced, ops {op_seconds:.3f} s: {shares}"
+        f"{seconds_per_step:.3f} s/step traced, ops {op_seconds:.3f} s: {shares}",
+        result,
+        args.json,
     )
-    if args.json:
-        print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

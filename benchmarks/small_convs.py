@@ -14,10 +14,11 @@ The last line printed is the summary (one JSON object with --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,16 +34,17 @@ def best_seconds(function, repeats: int) -> float:
     return best
 
 
-def forward_and_backward(convolve, x, kernel, output_gradient):
-    """A compiled function running `convolve` forward and back, returning the gradients."""
+def forward_and_backward(apply, inputs, output_gradient):
+    """A compiled function running `apply(*inputs)` forward and back, returning the
+    gradients for every tensor or variable of `inputs`."""
     import tensorflow as tf
 
     @tf.function
     def run():
         with tf.GradientTape() as tape:
-            tape.watch([x, kernel])
-            y = convolve(x, kernel)
-        return tape.gradient(y, [x, kernel], output_gradients=output_gradient)
+            tape.watch(inputs)
+            y = apply(*inputs)
+        return tape.gradient(y, inputs, output_gradients=output_gradient)
 
     return lambda: [gradient.numpy() for gradient in run()]
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             out_side = 2 * side
         output_gradient = tf.random.normal((args.batch, out_side, out_side, channels_out))
         stock, matmul = (
-            best_seconds(forward_and_backward(form, x, kernel, output_gradient), args.repeats)
+            best_seconds(forward_and_backward(form, [x, kernel], output_gradient), args.repeats)
             for form in forms[kind]
         )
         rows.append(
@@ -131,15 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
         "used_layers_conv_ms": round(sum(row["conv_ms"] for row in used), 2),
         "used_layers_matmul_ms": round(sum(row["matmul_ms"] for row in used), 2),
     }
-    print(
+    return report(
         f"small_convs unet {args.size}x{args.size} batch {args.batch}: the "
         f"{len(used)} layers the generator computes by matmul take "
         f"{result['used_layers_conv_ms']} ms forward and backward as convolutions, "
-        f"{result['used_layers_matmul_ms']} ms as matmuls"
+        f"{result['used_layers_matmul_ms']} ms as matmuls",
+        result,
+        args.json,
     )
-    if args.json:
-        print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

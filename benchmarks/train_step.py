@@ -13,12 +13,13 @@ summary (one JSON object with --json). Runs on a GPU unchanged when TensorFlow s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
 import sys
 import time
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_sustained_matmul": round(gflop / median / sustained, 3),
         "peak_rss_mb": round(peak_rss_mb()),
     }
-    print(
+    return report(
         f"train_step {args.generator} {args.size}x{args.size} batch {args.batch} "
         f"on {result['device']}: {median:.3f} s/step (min {min(seconds):.3f}, "
         f"max {max(seconds):.3f}), {result['images_per_s']} images/s, "
@@ -180,11 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{100 * result['fraction_of_matmul']:.0f} % of matmul "
         f"({result['matmul_gflop_per_s']} GFLOP/s; "
         f"{100 * result['fraction_of_sustained_matmul']:.0f} % of its sustained "
-        f"{result['sustained_matmul_gflop_per_s']}), peak RSS {result['peak_rss_mb']} MB"
+        f"{result['sustained_matmul_gflop_per_s']}), peak RSS {result['peak_rss_mb']} MB",
+        result,
+        args.json,
     )
-    if args.json:
-        print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

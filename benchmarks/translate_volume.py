@@ -12,10 +12,11 @@ also timed alone. The last line printed is the summary (one JSON object with --j
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -74,15 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
         "volume_slices_per_s_no_n4": round(rates[False], 2),
         "volume_slices_per_s_n4": round(rates[True], 2),
     }
-    print(
+    return report(
         f"translate_volume {args.size}x{args.size}x{args.slices}, batch {args.batch}: "
         f"forward pass {result['forward_slices_per_s']} slices/s; whole volume "
         f"{result['volume_slices_per_s_no_n4']} slices/s without N4, "
-        f"{result['volume_slices_per_s_n4']} slices/s with N4"
+        f"{result['volume_slices_per_s_n4']} slices/s with N4",
+        result,
+        args.json,
     )
-    if args.json:
-        print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":
