@@ -105,9 +105,9 @@ class ReflectionPadding2D(layers.Layer):
 
 # Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below;
 # for a transposed conv, its input) are convolved as one matrix product, and so are
-# one-channel images: there TensorFlow's convolution kernels run far below a matmul's
-# speed, while on larger maps they run at about it (python -m benchmarks.small_convs
-# shows both, layer by layer).
+# one-channel images in or out (`strided_conv`, `unpadded_conv`): there TensorFlow's
+# convolution kernels run far below a matmul's speed, while on larger maps they run at
+# about it (python -m benchmarks.small_convs shows both, layer by layer).
 SMALL_MAP_PIXELS = 256
 
 
@@ -206,35 +206,94 @@ def conv2d_transpose_by_matmul(x, kernel, stride: int):
     return tf.slice(full, [0, top, left, 0], [-1, height * stride, width * stride, -1])
 
 
-def check_matmul_conv(layer: layers.Layer) -> None:
-    """Refuse options the matmul convolutions do not implement, rather than ignore them."""
+def conv2d_valid_by_matmul(x, kernel):
+    """`tf.nn.conv2d(x, kernel, 1, "VALID")` as one matrix product and slices, for convs
+    with few channels on one side (a one-channel image in or out), where TensorFlow's
+    kernels pad the one channel to a block of many and run far below a matmul's speed.
+
+    With fewer channels in than out, each output pixel's patch (the kh x kw input pixels
+    under the kernel, sliced out as shifted views) is one row of the matrix multiplied by
+    the kernel. With fewer out, every input pixel times every kernel tap is one product,
+    and each tap's map, shifted by the tap's offset, is summed. Either way the products
+    are TensorFlow's; only the order of summing them differs.
+    """
+    kernel_height, kernel_width, channels_in, channels_out = kernel.shape
+    _, height, width, _ = x.shape
+    out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
+    offsets = [(down, across) for down in range(kernel_height) for across in range(kernel_width)]
+    taps = len(offsets)
+    if channels_in <= channels_out:
+        # (tap, pixel, channel) stacked from contiguous slices, then (pixel, tap, channel):
+        # faster than stacking the slices along the channel axis.
+        patches = tf.stack(
+            [
+                tf.slice(x, [0, down, across, 0], [-1, out_height, out_width, -1])
+                for down, across in offsets
+            ]
+        )
+        patches = tf.transpose(tf.reshape(patches, [taps, -1, channels_in]), [1, 0, 2])
+        y = tf.matmul(
+            tf.reshape(patches, [-1, taps * channels_in]), tf.reshape(kernel, [-1, channels_out])
+        )
+        return tf.reshape(y, [-1, out_height, out_width, channels_out])
+    # (tap, channel out, channel in) times every pixel: one map per tap and channel out,
+    # laid out (tap, channel out, image, row, column) so each tap's shift is a plain slice.
+    per_tap = tf.matmul(
+        tf.reshape(tf.transpose(kernel, [0, 1, 3, 2]), [-1, channels_in]),
+        tf.reshape(x, [-1, channels_in]),
+        transpose_b=True,
+    )
+    per_tap = tf.reshape(per_tap, [taps, channels_out, -1, height, width])
+    # unstack, whose gradient is a stack: indexing would cost a StridedSliceGrad per tap.
+    y = tf.add_n(
+        [
+            tf.slice(tap, [0, 0, down, across], [-1, -1, out_height, out_width])
+            for (down, across), tap in zip(offsets, tf.unstack(per_tap), strict=True)
+        ]
+    )
+    return tf.transpose(y, [1, 2, 3, 0])
+
+
+def check_matmul_conv(layer: layers.Layer, valid_stride_one: bool = False) -> None:
+    """Refuse options the matmul convolutions do not implement, rather than ignore them.
+
+    `valid_stride_one`: the layer may also be a "valid" conv at stride 1 (`MatmulConv2D`).
+    """
     strides, kernel_size = tuple(layer.strides), tuple(layer.kernel_size)
-    supported = (
-        layer.padding == "same"
-        and layer.data_format == "channels_last"
+    common = (
+        layer.data_format == "channels_last"
         and tuple(layer.dilation_rate) == (1, 1)
         and getattr(layer, "groups", 1) == 1
         and getattr(layer, "output_padding", None) is None
+    )
+    strided_same = (
+        layer.padding == "same"
         and strides[0] == strides[1] >= 2
         and all(side % strides[0] == 0 for side in kernel_size)
     )
-    if not supported:
+    valid = valid_stride_one and layer.padding == "valid" and strides == (1, 1)
+    if not (common and (strided_same or valid)):
+        also = ", or 'valid' padding at stride 1" if valid_stride_one else ""
         raise ValueError(
-            f"{type(layer).__name__} needs 'same' padding, channels last, no dilation or "
-            f"groups, equal strides of at least 2 and kernel sides that are multiples of "
-            f"them; got strides {strides}, kernel {kernel_size}, padding {layer.padding!r}"
+            f"{type(layer).__name__} needs 'same' padding with equal strides of at least 2 "
+            f"and kernel sides that are multiples of them{also}; channels last, no "
+            f"dilation or groups; got strides {strides}, kernel {kernel_size}, padding "
+            f"{layer.padding!r}"
         )
 
 
 @keras.saving.register_keras_serializable(package="mri_gan")
 class MatmulConv2D(layers.Conv2D):
-    """Keras' Conv2D computed by `conv2d_by_matmul`: the same weights and products."""
+    """Keras' Conv2D computed by `conv2d_by_matmul` (strided, "same" padding) or
+    `conv2d_valid_by_matmul` ("valid", stride 1): the same weights and products."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        check_matmul_conv(self)
+        check_matmul_conv(self, valid_stride_one=True)
 
     def convolution_op(self, inputs, kernel):
+        if self.padding == "valid":
+            return conv2d_valid_by_matmul(inputs, kernel)
         return conv2d_by_matmul(inputs, kernel, self.strides[0])
 
 
@@ -425,16 +484,27 @@ def unet_generator(
     return keras.Model(inputs, outputs, name=name)
 
 
+def unpadded_conv(x, filters: int, kernel: int, strides: int = 1, **options):
+    """A `kernel` x `kernel` conv without padding (the caller pads): at stride 1 with a
+    one-channel image in or out, of a known size, as matmuls (`conv2d_valid_by_matmul`),
+    else TensorFlow's kernel."""
+    _, height, width, channels = x.shape
+    by_matmul = strides == 1 and None not in (height, width) and 1 in (channels, filters)
+    convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
+        filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT, **options
+    )
+    return convolution(x)
+
+
 def conv_norm_relu(x, filters: int, kernel: int, strides: int = 1):
     """A `kernel` x `kernel` conv without padding (the caller pads), instance norm, ReLU."""
-    x = layers.Conv2D(filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT)(x)
-    return layers.ReLU()(InstanceNormalization()(x))
+    return layers.ReLU()(InstanceNormalization()(unpadded_conv(x, filters, kernel, strides)))
 
 
 def residual_block(x, filters: int):
     """x + (reflect-pad, 3x3 conv, norm, ReLU, reflect-pad, 3x3 conv, norm)(x)."""
     y = conv_norm_relu(ReflectionPadding2D(1)(x), filters, 3)
-    y = layers.Conv2D(filters, 3, kernel_initializer=WEIGHT_INIT)(ReflectionPadding2D(1)(y))
+    y = unpadded_conv(ReflectionPadding2D(1)(y), filters, 3)
     return layers.Add()([x, InstanceNormalization()(y)])
 
 
@@ -462,7 +532,7 @@ def resnet_generator(
     for multiple in (2, 1):
         x = upsampling_conv(x, filters * multiple, 3, upsample_method)
         x = layers.ReLU()(InstanceNormalization()(x))
-    x = layers.Conv2D(1, 7, kernel_initializer=WEIGHT_INIT)(ReflectionPadding2D(3)(x))
+    x = unpadded_conv(ReflectionPadding2D(3)(x), 1, 7)
     outputs = layers.Activation("tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -486,11 +556,11 @@ def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64
         x = layers.LeakyReLU(0.2)(x)
     # The reference pads 1 pixel and convolves 4x4 at stride 1, losing one pixel per side pair.
     x = layers.ZeroPadding2D(1)(x)
-    x = layers.Conv2D(filters * 8, 4, kernel_initializer=WEIGHT_INIT)(x)
+    x = unpadded_conv(x, filters * 8, 4)
     x = InstanceNormalization()(x)
     x = layers.LeakyReLU(0.2)(x)
     x = layers.ZeroPadding2D(1)(x)
-    logits = layers.Conv2D(1, 4, kernel_initializer=WEIGHT_INIT, dtype="float32")(x)
+    logits = unpadded_conv(x, 1, 4, dtype="float32")
     return keras.Model(inputs, logits, name=name)
 
 

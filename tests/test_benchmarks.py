@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 
@@ -179,3 +180,51 @@ def test_profile_step_benchmark_splits_the_step_time_by_kind_and_layer(tmp_path)
     assert found == convolutions
     assert all(row["gflop_per_s"] > 0 for row in summary["layers"])
     assert list(tmp_path.rglob("*.xplane.pb")), "the trace is kept"
+
+
+def test_onednn_convolution_flops_from_a_problem_description():
+    from benchmarks.onednn_kernels import convolution_flops
+
+    # A residual 3x3 conv of the ResNet, batch 3: 2 x 3 x 256 x 256 x 64 x 64 x 3 x 3.
+    residual = "mb3_ic256oc256_ih66oh64kh3sh1dh0ph0_iw66ow64kw3sw1dw0pw0"
+    assert convolution_flops(residual) == 2 * 3 * 256 * 256 * 64 * 64 * 9
+    # Grouped: each output channel sees c_in / groups input channels.
+    assert convolution_flops("g4mb1_ic8oc8_ih5oh5kh1sh1dh0ph0_iw5ow5kw1sw1dw0pw0") == 2 * 2 * 8 * 25
+
+
+def test_onednn_kernels_benchmark_sums_a_real_train_steps_kernels(tmp_path):
+    log = tmp_path / "verbose.log"
+    environment = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    with open(log, "w") as out:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.train_step", "--generator", "resnet"]
+            + ["--size", "32", "--steps", "1", "--warmup", "1", "--sustained_seconds", "0.5"],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env=environment,
+            timeout=600,
+            cwd=REPO,
+            check=True,
+        )
+    kinds = run_module("benchmarks.onednn_kernels", str(log))["kinds"]
+    # The ResNet's 3x3 convolutions run on TensorFlow's oneDNN kernels in all three
+    # directions; every one has FLOPs and a rate.
+    for direction in ("forward_training", "backward_data", "backward_weights"):
+        kind = kinds[f"convolution {direction}"]
+        assert kind["calls"] > 0 and kind["gflop"] > 0 and kind["gflop_per_s"] > 0, direction
+    assert kinds["batch_normalization forward_training"]["calls"] > 0
+
+
+def test_onednn_kernels_benchmark_refuses_a_log_without_kernel_calls(tmp_path):
+    log = tmp_path / "quiet.log"
+    log.write_text("train_step resnet 32x32 batch 1 on CPU: 0.1 s/step\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.onednn_kernels", str(log)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: no oneDNN kernel calls in {log}: was ONEDNN_VERBOSE=1 set?"
+    ]

@@ -126,6 +126,44 @@ def test_transposed_conv_by_matmul_is_tensorflows_same_transposed_conv_forward_a
     )
 
 
+# (batch, height, width, kernel, channels in, channels out): the ResNet's one-channel
+# 7x7 convs in and out, the critic's last, then more channels on either side, non-square
+# kernels, and a kernel the size of the map.
+VALID_MATMUL_CASES = [
+    (2, 9, 8, (7, 7), 1, 4),
+    (2, 10, 9, (7, 7), 4, 1),
+    (1, 6, 6, (4, 4), 5, 1),
+    (2, 5, 7, (3, 2), 3, 2),
+    (2, 4, 6, (2, 3), 2, 3),
+    (1, 3, 3, (3, 3), 1, 1),
+]
+
+
+@pytest.mark.parametrize(
+    "batch, height, width, kernel_size, channels_in, channels_out", VALID_MATMUL_CASES
+)
+def test_valid_conv_by_matmul_is_tensorflows_valid_conv_forward_and_backward(
+    batch, height, width, kernel_size, channels_in, channels_out
+):
+    rng = np.random.default_rng(height * 10 + width)
+    x = tf.constant(rng.normal(size=(batch, height, width, channels_in)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(*kernel_size, channels_in, channels_out)), tf.float32)
+    output_shape = (
+        batch,
+        height - kernel_size[0] + 1,
+        width - kernel_size[1] + 1,
+        channels_out,
+    )
+    output_gradient = tf.constant(rng.normal(size=output_shape), tf.float32)
+
+    assert_same_values_and_gradients(
+        value_and_gradients(mri_gan.conv2d_valid_by_matmul, x, kernel, output_gradient),
+        value_and_gradients(
+            lambda x, k: tf.nn.conv2d(x, k, 1, "VALID"), x, kernel, output_gradient
+        ),
+    )
+
+
 # (kernel, stride, crop): the reference ResNet's, then uneven crops and kernels.
 CROPPED_CASES = [
     (3, 2, ((1, 0), (1, 0))),
@@ -217,12 +255,29 @@ def test_matmul_layers_refuse_options_they_do_not_implement(layer, options):
         getattr(mri_gan, layer)(filters=2, **options)
 
 
+def test_only_the_matmul_conv_takes_valid_padding_at_stride_1():
+    assert mri_gan.MatmulConv2D(filters=2, kernel_size=3, padding="valid").padding == "valid"
+    with pytest.raises(ValueError, match="needs 'same' padding"):
+        mri_gan.MatmulConv2DTranspose(filters=2, kernel_size=4, padding="valid")
+    with pytest.raises(ValueError, match="or 'valid' padding at stride 1"):
+        mri_gan.MatmulConv2D(filters=2, kernel_size=3, padding="valid", dilation_rate=2)
+
+
 @pytest.mark.parametrize(
-    "ours, stock", [("MatmulConv2D", "Conv2D"), ("MatmulConv2DTranspose", "Conv2DTranspose")]
+    "ours, stock, options",
+    [
+        ("MatmulConv2D", "Conv2D", {"kernel_size": 4, "strides": 2, "padding": "same"}),
+        ("MatmulConv2D", "Conv2D", {"kernel_size": 3, "padding": "valid"}),
+        (
+            "MatmulConv2DTranspose",
+            "Conv2DTranspose",
+            {"kernel_size": 4, "strides": 2, "padding": "same"},
+        ),
+    ],
 )
-def test_matmul_layers_give_the_stock_layers_output_with_the_same_weights(ours, stock):
-    images = tf.random.normal((2, 4, 2, 3), seed=3)
-    options = {"filters": 5, "kernel_size": 4, "strides": 2, "padding": "same"}
+def test_matmul_layers_give_the_stock_layers_output_with_the_same_weights(ours, stock, options):
+    images = tf.random.normal((2, 4, 3, 3), seed=3)
+    options = {"filters": 5, **options}
     matmul = getattr(mri_gan, ours)(**options, bias_initializer="random_normal")
     kernels = getattr(keras.layers, stock)(**options)
     matmul.build(images.shape)
@@ -243,8 +298,10 @@ def test_small_maps_and_one_channel_images_are_convolved_by_matmul():
         *(256, 16, 8, 4, 2),  # down
         *(1, 2, 4, 8, 16),  # up
     ]
-    assert matmul_input_sides(mri_gan.patchgan_discriminator(256, 256, "d")) == [256]
-    assert matmul_input_sides(mri_gan.resnet_generator(256, 256, "g")) == []
+    # The critic's one-channel input and its one-channel output (its last conv's input is
+    # the 31x31 map, padded); the ResNet's 7x7 convs in and out (256 + 2 x 3 padding).
+    assert matmul_input_sides(mri_gan.patchgan_discriminator(256, 256, "d")) == [256, 33]
+    assert matmul_input_sides(mri_gan.resnet_generator(256, 256, "g")) == [262, 262]
 
 
 def test_instance_normalization_normalizes_each_image_and_channel():
