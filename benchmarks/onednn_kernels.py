@@ -1,27 +1,36 @@
-"""How fast TensorFlow's oneDNN kernels ran, by kind, from a oneDNN verbose log.
+"""How fast TensorFlow's oneDNN kernels run in the train step, by kind and direction.
 
-    TF_NUM_INTEROP_THREADS=1 ONEDNN_VERBOSE=1 python -m benchmarks.train_step \\
-        --generator resnet --steps 2 --warmup 2 > verbose.log
-    python -m benchmarks.onednn_kernels verbose.log [--json]
+    python -m benchmarks.onednn_kernels --generator resnet --size 256 --batch 1 [--json]
 
-oneDNN prints one line per kernel call with its wall time when `ONEDNN_VERBOSE=1`. This
-sums them by primitive and direction (a convolution's forward pass, its input gradient
-"backward_data", its weight gradient "backward_weights"; reorders, batch norm, the
-matmuls) and gives each convolution kind's GFLOP/s from the problem sizes in the line
-(2 x batch x c_in x c_out x output pixels x kernel taps, over groups). One inter-op
-thread makes the kernels run one at a time, so their times are their own, not shared
-with a kernel running beside them. Lines without a time (kernel creation, info) are
-skipped. The last line printed is the summary (one JSON object with --json).
+Builds and warms up the step as `benchmarks.train_step` does, then runs `--steps` steps
+with oneDNN's verbose mode on, which logs every kernel call and its wall time, and
+captures only those steps' lines. It sums them by primitive and direction (a
+convolution's forward pass; its input gradient, "backward_data"; its weight gradient,
+"backward_weights"; reorders, batch norm, the matmuls), and gives each convolution
+direction's GFLOP/s from the problem sizes in the lines (2 x batch x c_in / groups x
+c_out x output pixels x kernel taps). Ops run one at a time here (one inter-op thread),
+so a kernel's time is its own, not shared with a kernel running beside it; the step is
+a little slower for it. The last line printed is the summary (one JSON object with
+--json).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import ctypes
+import os
 import re
 import sys
+import tempfile
 
 from benchmarks.summary import report
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Read by oneDNN when it first runs a kernel: every call is logged from then on, and
+# only the lines written while `captured_stdout` holds the output are kept.
+os.environ["ONEDNN_VERBOSE"] = "1"
 
 # A convolution's problem: "g2mb3_ic256oc256_ih66oh64kh3sh1dh0ph0_iw66ow64kw3sw1dw0pw0";
 # 3-D ones add "id..od..kd..", 1-D ones have no "h" part.
@@ -39,14 +48,18 @@ def convolution_flops(problem: str) -> int:
 
 
 def summarize(lines) -> dict:
-    """Calls, milliseconds and (for convolutions) GFLOP of every (primitive, direction)."""
+    """Calls, milliseconds and (for convolutions) GFLOP and GFLOP/s of every (primitive,
+    direction) among oneDNN's verbose `primitive,exec` lines; other lines are skipped."""
     kinds = collections.defaultdict(lambda: {"calls": 0, "ms": 0.0, "gflop": 0.0})
     for line in lines:
         fields = line.strip().split(",")
-        # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<impl>,<direction>,...,<problem>,<ms>
-        if len(fields) < 9 or fields[0] != "onednn_verbose" or "exec" not in fields[2:4]:
+        # onednn_verbose,[timestamp,]v1,primitive,exec,cpu,<primitive>,<implementation>,
+        # <direction>,<memory>,<attributes>,<algorithm>,<problem>,<ms>
+        if fields[0] != "onednn_verbose" or "exec" not in fields:
             continue
         at = fields.index("exec")
+        if fields[at - 1] != "primitive" or len(fields) < at + 6:
+            continue
         primitive, direction = fields[at + 2], fields[at + 4]
         kind = kinds[f"{primitive} {direction}"]
         kind["calls"] += 1
@@ -54,42 +67,84 @@ def summarize(lines) -> dict:
         if primitive == "convolution":
             kind["gflop"] += convolution_flops(fields[-2]) / 1e9
     for kind in kinds.values():
-        kind["ms"] = round(kind["ms"], 3)
-        if kind["gflop"]:
+        if kind["gflop"] and kind["ms"] > 0:
             kind["gflop_per_s"] = round(kind["gflop"] / (kind["ms"] / 1e3), 1)
-        kind["gflop"] = round(kind["gflop"], 3)
+        kind["ms"], kind["gflop"] = round(kind["ms"], 3), round(kind["gflop"], 3)
     return dict(sorted(kinds.items(), key=lambda item: -item[1]["ms"]))
+
+
+@contextlib.contextmanager
+def captured_stdout(path: str):
+    """Send this process's standard output, C libraries' included, to `path`."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    with open(path, "w") as target:
+        os.dup2(target.fileno(), 1)
+        try:
+            yield
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("log", help="a log written with ONEDNN_VERBOSE=1 (- for stdin)")
+    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
+    parser.add_argument("--size", type=int, default=256, help="image height and width")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1, help="logged steps")
+    parser.add_argument("--warmup", type=int, default=2, help="unlogged steps first")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
-    if args.log == "-":
-        kinds = summarize(sys.stdin)
-    else:
-        try:
-            with open(args.log, encoding="utf-8", errors="replace") as log:
-                kinds = summarize(log)
-        except OSError as error:
-            sys.exit(f"error: cannot read the oneDNN log {args.log}: {error.strerror}")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tensorflow as tf
+
+    from benchmarks.train_step import compiled_train_step
+    from config import TrainConfig
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    config = TrainConfig(
+        img_height=args.size, img_width=args.size, batch_size=args.batch, generator=args.generator
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        with captured_stdout(os.devnull):
+            _, run_step = compiled_train_step(config, args.warmup)
+        log = os.path.join(scratch, "onednn.log")
+        with captured_stdout(log):
+            for _ in range(args.steps):
+                run_step()
+        with open(log, encoding="utf-8", errors="replace") as lines:
+            kinds = summarize(lines)
     if not kinds:
-        sys.exit(f"error: no oneDNN kernel calls in {args.log}: was ONEDNN_VERBOSE=1 set?")
+        sys.exit(
+            "error: no oneDNN kernel calls were logged: is TensorFlow's oneDNN off "
+            f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})?"
+        )
     for name, kind in kinds.items():
         rate = f"  {kind['gflop_per_s']:6.1f} GFLOP/s" if "gflop_per_s" in kind else ""
         print(f"{name:40} {kind['calls']:6d} calls {kind['ms']:10.1f} ms{rate}")
-    total_ms = sum(kind["ms"] for kind in kinds.values())
+    seconds = sum(kind["ms"] for kind in kinds.values()) / 1e3 / args.steps
     rates = ", ".join(
         f"{name.removeprefix('convolution ')} {kind['gflop_per_s']:.0f}"
         for name, kind in kinds.items()
         if "gflop_per_s" in kind
     )
     return report(
-        f"onednn_kernels: {total_ms / 1e3:.3f} s in oneDNN kernels; convolutions in "
-        f"GFLOP/s: {rates or 'none'}",
-        {"total_s": round(total_ms / 1e3, 4), "kinds": kinds},
+        f"onednn_kernels {args.generator} {args.size}x{args.size} batch {args.batch}: "
+        f"{seconds:.3f} s a step in oneDNN kernels; convolutions in GFLOP/s: "
+        f"{rates or 'none'}",
+        {
+            "generator": args.generator,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "onednn_s_per_step": round(seconds, 4),
+            "kinds": kinds,
+        },
         args.json,
     )
 
