@@ -28,9 +28,6 @@ import tempfile
 from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Read by oneDNN when it first runs a kernel: every call is logged from then on, and
-# only the lines written while `captured_stdout` holds the output are kept.
-os.environ["ONEDNN_VERBOSE"] = "1"
 
 # A convolution's problem: "g2mb3_ic256oc256_ih66oh64kh3sh1dh0ph0_iw66ow64kw3sw1dw0pw0";
 # 3-D ones add "id..od..kd..", 1-D ones have no "h" part.
@@ -100,6 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
+    # Read by oneDNN when it first runs a kernel: every call is logged from then on, and
+    # only the lines written while `captured_stdout` holds the output are kept. Set here,
+    # not on import: importing this module must not make other programs log (a child
+    # process inherits the variable and floods its output with kernel lines).
+    os.environ["ONEDNN_VERBOSE"] = "1"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tensorflow as tf
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 
@@ -179,6 +180,18 @@ def test_profile_step_benchmark_splits_the_step_time_by_kind_and_layer(tmp_path)
     assert found == convolutions
     assert all(row["gflop_per_s"] > 0 for row in summary["layers"])
     assert list(tmp_path.rglob("*.xplane.pb")), "the trace is kept"
+
+
+def test_importing_the_onednn_benchmark_leaves_the_environment_alone():
+    # Children of a process with ONEDNN_VERBOSE=1 log every kernel call to their output:
+    # set on import, it once filled the pipes of later tests' training runs, which hung.
+    code = "import os, benchmarks.onednn_kernels; print(os.environ.get('ONEDNN_VERBOSE'))"
+    environment = {key: value for key, value in os.environ.items() if key != "ONEDNN_VERBOSE"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
 
 
 def test_onednn_convolution_flops_from_a_problem_description():
