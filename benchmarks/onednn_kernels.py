@@ -103,18 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     # process inherits the variable and floods its output with kernel lines).
     os.environ["ONEDNN_VERBOSE"] = "1"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tensorflow as tf
+    from benchmarks.train_step import serial_train_step
 
-    from benchmarks.train_step import compiled_train_step
-    from config import TrainConfig
-
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    config = TrainConfig(
-        img_height=args.size, img_width=args.size, batch_size=args.batch, generator=args.generator
-    )
     with tempfile.TemporaryDirectory() as scratch:
         with captured_stdout(os.devnull):
-            _, run_step = compiled_train_step(config, args.warmup)
+            _, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
         log = os.path.join(scratch, "onednn.log")
         with captured_stdout(log):
             for _ in range(args.steps):

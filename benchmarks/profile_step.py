@@ -83,18 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tensorflow as tf
 
-    tf.config.threading.set_inter_op_parallelism_threads(1)
     from benchmarks.flops import FORWARD_AND_BACKWARD, GENERATOR_PASSES, layer_forward_flops
-    from benchmarks.train_step import compiled_train_step
-    from config import TrainConfig
+    from benchmarks.train_step import serial_train_step
 
-    config = TrainConfig(
-        img_height=args.size,
-        img_width=args.size,
-        batch_size=args.batch,
-        generator=args.generator,
-    )
-    model, run_step = compiled_train_step(config, args.warmup)
+    model, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
     logdir = args.logdir or tempfile.mkdtemp(prefix="profile_step_")
     tf.profiler.experimental.start(logdir)
     started = time.perf_counter()

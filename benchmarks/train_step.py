@@ -83,6 +83,19 @@ def compiled_train_step(config, warmup: int):
     return model, run_step
 
 
+def serial_train_step(generator: str, size: int, batch: int, warmup: int):
+    """`compiled_train_step` for the default configuration of `generator` at `size` and
+    `batch`, with its ops run one at a time (one inter-op thread), so that each op's time
+    is its own: the model and the step function. Call before TensorFlow runs any op."""
+    import tensorflow as tf
+
+    from config import TrainConfig
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    config = TrainConfig(img_height=size, img_width=size, batch_size=batch, generator=generator)
+    return compiled_train_step(config, warmup)
+
+
 def time_train_step(config, steps: int, warmup: int) -> tuple[list[float], object]:
     """Seconds of each of `steps` train steps after `warmup` untimed ones, and the model."""
     model, run_step = compiled_train_step(config, warmup)
