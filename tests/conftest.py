@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,40 @@ def tiny_run_args(t1: Path, t2: Path, output: Path) -> list[str]:
         *("--img_height", "32", "--img_width", "32", "--batch_size", "2", "--quiet"),
         *SMALL_NETWORK_FLAGS,
     ]
+
+
+class BackgroundMain:
+    """main.py started in the background, its output going to files in `log_dir`, not
+    to pipes: a child blocked writing to a full pipe the test is not reading yet would
+    hang the test (and, with two workers, its partner too)."""
+
+    def __init__(self, args: list[str], log_dir: Path, **how) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path, self.stderr_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+        with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "main.py"), *args],
+                cwd=REPO,
+                stdout=stdout,
+                stderr=stderr,
+                **how,
+            )
+
+    def output(self) -> tuple[str, str]:
+        """What the run has written so far to stdout and stderr."""
+        return self.stdout_path.read_text(), self.stderr_path.read_text()
+
+    def finish(self, timeout: float) -> tuple[str, str]:
+        """Wait for the run to end (killing it after `timeout` s, then failing); its
+        stdout and stderr."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            ran = f"main.py still running after {timeout} s"
+            raise AssertionError(f"{ran}: {self.output()}") from None
+        return self.output()
 
 
 def head_slice(size: int, radius: float, brightness: float, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import REPO, BackgroundMain, tiny_run_args
 
 
 def test_mirrored_over_two_devices_gives_the_single_device_losses_and_weights():
@@ -56,28 +56,28 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_dataset, tmp_
     t1, t2 = tiny_dataset
     output = tmp_path / "run"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    processes = []
+    runs = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(
-            subprocess.Popen(
+        runs.append(
+            BackgroundMain(
                 [
-                    sys.executable,
-                    str(REPO / "main.py"),
                     *tiny_run_args(t1, t2, output),
                     *("--strategy", "multiworker", "--epochs", "1", "--eval_every", "0"),
                 ],
+                tmp_path / f"worker{index}",
                 env={**os.environ, "TF_CONFIG": json.dumps(config)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
             )
         )
-    outputs = [process.communicate(timeout=600) for process in processes]
+    try:
+        outputs = [run.finish(timeout=600) for run in runs]
+    finally:
+        for run in runs:  # a worker left waiting for a failed partner
+            if run.process.poll() is None:
+                run.process.kill()
 
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
+        assert run.process.returncode == 0, stderr[-3000:]
     assert "over 2 replicas" in outputs[0][1]
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert (output / "export" / "t1_to_t2.keras").is_file()

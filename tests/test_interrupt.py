@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import BackgroundMain, tiny_run_args
 from tests.test_main import history_rows, run_main
 
 
@@ -19,21 +17,17 @@ def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, tiny_datase
     output = tmp_path / "run"
     # With --checkpoint_every 1000 the only checkpoint is the one the signal makes.
     common = [*tiny_run_args(t1, t2, output), "--checkpoint_every", "1000"]
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "main.py"), *common, "--epochs", "500"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = BackgroundMain([*common, "--epochs", "500"], tmp_path / "logs")
     deadline = time.monotonic() + 300
     while not ((output / "history.csv").is_file() and history_rows(output)):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        if run.process.poll() is not None or time.monotonic() > deadline:
+            run.process.kill()
+            raise AssertionError(f"no epoch finished: {run.finish(timeout=60)}")
         time.sleep(0.2)
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=300)
+    run.process.send_signal(sig)
+    stdout, stderr = run.finish(timeout=300)
 
-    assert process.returncode == code, stderr
+    assert run.process.returncode == code, stderr
     assert f"{sig.name} received" in stderr and "Traceback" not in stderr
     done = len(history_rows(output))
     assert f"Stopped by {sig.name} in epoch {done + 1}" in stdout + stderr
