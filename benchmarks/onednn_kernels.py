@@ -10,8 +10,14 @@ convolution's forward pass; its input gradient, "backward_data"; its weight grad
 direction's GFLOP/s from the problem sizes in the lines (2 x batch x c_in / groups x
 c_out x output pixels x kernel taps). Ops run one at a time here (one inter-op thread),
 so a kernel's time is its own, not shared with a kernel running beside it; the step is
-a little slower for it. The last line printed is the summary (one JSON object with
---json).
+a little slower for it.
+
+It also divides the step's counted FLOPs (`benchmarks.flops`, as `train_step` counts
+them) by the time in oneDNN kernels alone and compares that rate with a 2048x2048
+matmul measured in the same process (best of 10, before and after the logged steps):
+the fraction of the matmul the step would reach if nothing but these kernels ran, no
+Adam update, no pads, slices or activations. With these kernels, the step cannot do
+better. The last line printed is the summary (one JSON object with --json).
 """
 
 from __future__ import annotations
@@ -103,15 +109,20 @@ def main(argv: list[str] | None = None) -> dict:
     # process inherits the variable and floods its output with kernel lines).
     os.environ["ONEDNN_VERBOSE"] = "1"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.train_step import serial_train_step
+    from benchmarks.flops import cyclegan_step_flops
+    from benchmarks.train_step import matmul_gflops, serial_train_step
 
     with tempfile.TemporaryDirectory() as scratch:
         with captured_stdout(os.devnull):
-            _, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
+            model, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
+            matmul = matmul_gflops()
         log = os.path.join(scratch, "onednn.log")
         with captured_stdout(log):
             for _ in range(args.steps):
                 run_step()
+        with captured_stdout(os.devnull):
+            # Again after the steps, the better kept, as `train_step` does.
+            matmul = max(matmul, matmul_gflops())
         with open(log, encoding="utf-8", errors="replace") as lines:
             kinds = summarize(lines)
     if not kinds:
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         rate = f"  {kind['gflop_per_s']:6.1f} GFLOP/s" if "gflop_per_s" in kind else ""
         print(f"{name:40} {kind['calls']:6d} calls {kind['ms']:10.1f} ms{rate}")
     seconds = sum(kind["ms"] for kind in kinds.values()) / 1e3 / args.steps
+    gflop = cyclegan_step_flops(model.t1_to_t2, model.t1_critic, args.batch) / 1e9
     rates = ", ".join(
         f"{name.removeprefix('convolution ')} {kind['gflop_per_s']:.0f}"
         for name, kind in kinds.items()
@@ -130,14 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     return report(
         f"onednn_kernels {args.generator} {args.size}x{args.size} batch {args.batch}: "
-        f"{seconds:.3f} s a step in oneDNN kernels; convolutions in GFLOP/s: "
-        f"{rates or 'none'}",
+        f"{seconds:.3f} s a step in oneDNN kernels, so at most {gflop / seconds:.1f} GFLOP/s "
+        f"= {100 * gflop / seconds / matmul:.0f} % of matmul ({matmul:.1f} GFLOP/s) for the "
+        f"step's {gflop:.1f} GFLOP; convolutions in GFLOP/s: {rates or 'none'}",
         {
             "generator": args.generator,
             "size": args.size,
             "batch": args.batch,
             "steps": args.steps,
             "onednn_s_per_step": round(seconds, 4),
+            "gflop_per_step": round(gflop, 1),
+            "matmul_gflop_per_s": round(matmul, 1),
+            "kernels_only_gflop_per_s": round(gflop / seconds, 1),
+            "kernels_only_fraction_of_matmul": round(gflop / seconds / matmul, 3),
             "kinds": kinds,
         },
         args.json,

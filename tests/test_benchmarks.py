@@ -259,3 +259,15 @@ def test_onednn_kernels_benchmark_times_a_real_train_steps_kernels():
         name: kind["calls"] for name, kind in summaries[2]["kinds"].items()
     }
     assert summaries[1]["onednn_s_per_step"] > 0
+    # The ceiling is the step's counted FLOPs over the kernels' time, against the matmul
+    # measured in the same run; the count is train_step's.
+    for summary in summaries.values():
+        gflop, seconds, matmul = (
+            summary[key] for key in ("gflop_per_step", "onednn_s_per_step", "matmul_gflop_per_s")
+        )
+        assert matmul > 0
+        assert summary["kernels_only_gflop_per_s"] == pytest.approx(gflop / seconds, rel=1e-2)
+        assert summary["kernels_only_fraction_of_matmul"] == pytest.approx(
+            gflop / seconds / matmul, rel=1e-2, abs=1e-3
+        )
+    assert summaries[1]["gflop_per_step"] == summaries[2]["gflop_per_step"] > 0
