@@ -16,8 +16,8 @@ It also divides the step's counted FLOPs (`benchmarks.flops`, as `train_step` co
 them) by the time in oneDNN kernels alone and compares that rate with a 2048x2048
 matmul measured in the same process (best of 10, before and after the logged steps):
 the fraction of the matmul the step would reach if nothing but these kernels ran, no
-Adam update, no pads, slices or activations. With these kernels, the step cannot do
-better. The last line printed is the summary (one JSON object with --json).
+Adam update, no pads, slices or activations. While these kernels take as long, the
+step cannot do better. The last line printed is the summary (one JSON object with --json).
 """
 
 from __future__ import annotations
