@@ -32,23 +32,48 @@ def tiny_run_args(t1: Path, t2: Path, output: Path) -> list[str]:
 class BackgroundMain:
     """main.py started in the background, its output going to files in `log_dir`, not
     to pipes: a child blocked writing to a full pipe the test is not reading yet would
-    hang the test (and, with two workers, its partner too)."""
+    hang the test (and, with two workers, its partner too). As a context manager, the
+    run is killed on leaving if it is still going."""
 
-    def __init__(self, args: list[str], log_dir: Path, **how) -> None:
+    def __init__(self, args: list[str], log_dir: Path, env: dict | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+        # Unbuffered, so that what the run printed is in the files even if it is killed.
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "main.py"), *args],
                 cwd=REPO,
                 stdout=stdout,
                 stderr=stderr,
-                **how,
+                env=env,
             )
+
+    def __enter__(self) -> BackgroundMain:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Kill the run if it is still going, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def output(self) -> tuple[str, str]:
         """What the run has written so far to stdout and stderr."""
-        return self.stdout_path.read_text(), self.stderr_path.read_text()
+        return (
+            self.stdout_path.read_text(errors="replace"),
+            self.stderr_path.read_text(errors="replace"),
+        )
+
+    def tail(self) -> str:
+        """For a failure message: the exit code, the end of stderr, where the logs are."""
+        return (
+            f"main.py exit code {self.process.returncode}, logs in {self.stderr_path.parent}; "
+            f"stderr ends:\n{self.output()[1][-3000:]}"
+        )
 
     def finish(self, timeout: float) -> tuple[str, str]:
         """Wait for the run to end (killing it after `timeout` s, then failing); its
@@ -56,10 +81,8 @@ class BackgroundMain:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            ran = f"main.py still running after {timeout} s"
-            raise AssertionError(f"{ran}: {self.output()}") from None
+            self.stop()
+            raise AssertionError(f"still running after {timeout} s; {self.tail()}") from None
         return self.output()
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -57,27 +58,32 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_dataset, tmp_
     output = tmp_path / "run"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     runs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        runs.append(
-            BackgroundMain(
-                [
-                    *tiny_run_args(t1, t2, output),
-                    *("--strategy", "multiworker", "--epochs", "1", "--eval_every", "0"),
-                ],
-                tmp_path / f"worker{index}",
-                env={**os.environ, "TF_CONFIG": json.dumps(config)},
-            )
-        )
     try:
-        outputs = [run.finish(timeout=600) for run in runs]
+        for index in range(2):
+            config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            runs.append(
+                BackgroundMain(
+                    [
+                        *tiny_run_args(t1, t2, output),
+                        *("--strategy", "multiworker", "--epochs", "1", "--eval_every", "0"),
+                    ],
+                    tmp_path / f"worker{index}",
+                    env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                )
+            )
+        # Both watched at once: a worker that fails leaves its partner waiting, and the
+        # failure message should show both.
+        deadline = time.monotonic() + 600
+        while any(run.process.poll() is None for run in runs):
+            assert time.monotonic() < deadline, "\n".join(run.tail() for run in runs)
+            time.sleep(0.5)
     finally:
-        for run in runs:  # a worker left waiting for a failed partner
-            if run.process.poll() is None:
-                run.process.kill()
+        for run in runs:
+            run.stop()
+    outputs = [run.output() for run in runs]
 
-    for run, (_, stderr) in zip(runs, outputs, strict=True):
-        assert run.process.returncode == 0, stderr[-3000:]
+    for run in runs:
+        assert run.process.returncode == 0, run.tail()
     assert "over 2 replicas" in outputs[0][1]
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert (output / "export" / "t1_to_t2.keras").is_file()

@@ -17,15 +17,14 @@ def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, tiny_datase
     output = tmp_path / "run"
     # With --checkpoint_every 1000 the only checkpoint is the one the signal makes.
     common = [*tiny_run_args(t1, t2, output), "--checkpoint_every", "1000"]
-    run = BackgroundMain([*common, "--epochs", "500"], tmp_path / "logs")
-    deadline = time.monotonic() + 300
-    while not ((output / "history.csv").is_file() and history_rows(output)):
-        if run.process.poll() is not None or time.monotonic() > deadline:
-            run.process.kill()
-            raise AssertionError(f"no epoch finished: {run.finish(timeout=60)}")
-        time.sleep(0.2)
-    run.process.send_signal(sig)
-    stdout, stderr = run.finish(timeout=300)
+    with BackgroundMain([*common, "--epochs", "500"], tmp_path / "logs") as run:
+        deadline = time.monotonic() + 300
+        while not ((output / "history.csv").is_file() and history_rows(output)):
+            finished = run.process.poll() is not None
+            assert not finished and time.monotonic() < deadline, f"no epoch: {run.tail()}"
+            time.sleep(0.2)
+        run.process.send_signal(sig)
+        stdout, stderr = run.finish(timeout=300)
 
     assert run.process.returncode == code, stderr
     assert f"{sig.name} received" in stderr and "Traceback" not in stderr
