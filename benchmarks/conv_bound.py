@@ -17,11 +17,10 @@ object with --json).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from benchmarks.summary import report
+from benchmarks.summary import report, step_parser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,12 +40,8 @@ def layer_seconds(layer, batch: int, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
-    parser.add_argument("--batch", type=int, default=1)
+    parser = step_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs, best kept")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,25 +52,29 @@ def main(argv: list[str] | None = None) -> dict:
         cyclegan_step_flops,
         layer_forward_flops,
     )
-    from benchmarks.train_step import matmul_gflops
+    from benchmarks.train_step import best_matmul_around
 
     generator = mri_gan.GENERATORS[args.generator](args.size, args.size, "generator")
     critic = mri_gan.patchgan_discriminator(args.size, args.size, "critic")
     # Each network sees 3 batches a step, as benchmarks.flops counts them.
     images = {"generator": GENERATOR_PASSES // 2, "critic": CRITIC_PASSES // 2}
-    matmul = matmul_gflops()
-    seconds = {}
-    for network in (generator, critic):
-        batch = images[network.name] * args.batch
-        for layer in network.layers:
-            if layer_forward_flops(layer):
-                seconds[network.name, layer.name] = layer_seconds(layer, batch, args.repeats)
-                print(
-                    f"{network.name:>9} {layer.name:<30} {str(layer.input.shape[1:]):>16} -> "
-                    f"{str(layer.output.shape[1:]):<16} "
-                    f"{1e3 * seconds[network.name, layer.name]:7.1f} ms"
-                )
-    matmul = max(matmul, matmul_gflops())
+
+    def time_layers() -> dict:
+        seconds = {}
+        for network in (generator, critic):
+            batch = images[network.name] * args.batch
+            for layer in network.layers:
+                if layer_forward_flops(layer):
+                    seconds[network.name, layer.name] = layer_seconds(layer, batch, args.repeats)
+                    print(
+                        f"{network.name:>9} {layer.name:<30} "
+                        f"{str(layer.input.shape[1:]):>16} -> "
+                        f"{str(layer.output.shape[1:]):<16} "
+                        f"{1e3 * seconds[network.name, layer.name]:7.1f} ms"
+                    )
+        return seconds
+
+    seconds, matmul = best_matmul_around(time_layers)
     # Two generators and two critics of the same shapes.
     bound_seconds = 2 * sum(seconds.values())
     gflop = cyclegan_step_flops(generator, critic, args.batch) / 1e9

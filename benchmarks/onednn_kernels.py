@@ -23,7 +23,6 @@ here, if nothing but these kernels ran: no Adam update, pads, slices or activati
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import ctypes
@@ -32,7 +31,7 @@ import re
 import sys
 import tempfile
 
-from benchmarks.summary import report
+from benchmarks.summary import report, step_parser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -95,13 +94,9 @@ def captured_stdout(path: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
-    parser.add_argument("--batch", type=int, default=1)
+    parser = step_parser(__doc__)
     parser.add_argument("--steps", type=int, default=1, help="logged steps")
     parser.add_argument("--warmup", type=int, default=2, help="unlogged steps first")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
     # Read by oneDNN when it first runs a kernel: every call is logged from then on, and
@@ -111,19 +106,20 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["ONEDNN_VERBOSE"] = "1"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.flops import cyclegan_step_flops
-    from benchmarks.train_step import matmul_gflops, serial_train_step
+    from benchmarks.train_step import best_matmul_around, serial_train_step
 
     with tempfile.TemporaryDirectory() as scratch:
+        log = os.path.join(scratch, "onednn.log")
+
+        def logged_steps() -> None:
+            with captured_stdout(log):
+                for _ in range(args.steps):
+                    run_step()
+
+        # Building, warm-up and the matmuls log too: their lines go nowhere.
         with captured_stdout(os.devnull):
             model, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
-            matmul = matmul_gflops()
-        log = os.path.join(scratch, "onednn.log")
-        with captured_stdout(log):
-            for _ in range(args.steps):
-                run_step()
-        with captured_stdout(os.devnull):
-            # Again after the steps, the better kept, as `train_step` does.
-            matmul = max(matmul, matmul_gflops())
+            _, matmul = best_matmul_around(logged_steps)
         with open(log, encoding="utf-8", errors="replace") as lines:
             kinds = summarize(lines)
     if not kinds:

@@ -13,7 +13,6 @@ profile tab. The last line printed is the summary (one JSON object with --json).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.summary import report
+from benchmarks.summary import report, step_parser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,15 +68,11 @@ def op_times(logdir: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
-    parser.add_argument("--batch", type=int, default=1)
+    parser = step_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--warmup", type=int, default=3, help="untraced steps first")
     parser.add_argument("--top", type=int, default=12, help="slowest layers to list")
     parser.add_argument("--logdir", help="where the trace goes (default: a temporary folder)")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from benchmarks.summary import report
+from benchmarks.summary import report, step_parser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +44,15 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
         multiply()
         best = min(best, time.perf_counter() - started)
     return flops / best / 1e9
+
+
+def best_matmul_around(work):
+    """`work()`'s result and the best matmul GFLOP/s (`matmul_gflops`) measured before and
+    after it: a matmul slowed by a passing job would otherwise inflate the fraction of it
+    that the work is judged by."""
+    before = matmul_gflops()
+    done = work()
+    return done, max(before, matmul_gflops())
 
 
 def sustained_matmul_gflops(seconds: float, size: int = 2048) -> float:
@@ -113,8 +122,7 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=("unet", "resnet"), default="unet")
+    parser = step_parser(__doc__)
     parser.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
     parser.add_argument(
         "--pool_size", type=int, default=50, help="history pool (0: critics see new fakes only)"
@@ -126,8 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
             default=None,
             help="as main.py: on with a GPU, off on CPU unless given",
         )
-    parser.add_argument("--size", type=int, default=256, help="image height and width")
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument(
@@ -136,7 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
         default=10.0,
         help="how long to run matmuls back to back for the sustained rate",
     )
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -146,7 +151,6 @@ def main(argv: list[str] | None = None) -> dict:
     from config import TrainConfig
     from training import use_mixed_precision, use_xla
 
-    matmul = matmul_gflops()
     config = TrainConfig(
         img_height=args.size,
         img_width=args.size,
@@ -157,10 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         mixed_precision=args.mixed_precision,
         xla=args.xla,
     )
-    seconds, model = time_train_step(config, args.steps, args.warmup)
-    # Measured again after the steps, keeping the best: a matmul slowed by a passing
-    # job would otherwise inflate the fraction.
-    matmul = max(matmul, matmul_gflops())
+    (seconds, model), matmul = best_matmul_around(
+        lambda: time_train_step(config, args.steps, args.warmup)
+    )
     sustained = sustained_matmul_gflops(args.sustained_seconds)
     median = statistics.median(seconds)
     gflop = cyclegan_step_flops(model.t1_to_t2, model.t1_critic, args.batch) / 1e9
