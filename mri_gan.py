@@ -398,18 +398,22 @@ class CroppedConv2DTranspose(layers.Conv2DTranspose):
         return {**super().get_config(), "crop": self.crop}
 
 
+def known_map_size(x) -> bool:
+    """Whether `x`'s height and width are known when the model is built."""
+    _, height, width, _ = x.shape
+    return height is not None and width is not None
+
+
 def small_map(x) -> bool:
     """Whether `x`'s feature map has a known size of at most `SMALL_MAP_PIXELS` pixels."""
     _, height, width, _ = x.shape
-    return height is not None and width is not None and height * width <= SMALL_MAP_PIXELS
+    return known_map_size(x) and height * width <= SMALL_MAP_PIXELS
 
 
 def strided_conv(x, filters: int):
     """A 4x4 stride-2 "same" conv, halving H and W: as a matmul on a small map or a
     one-channel image, else TensorFlow's kernel."""
-    _, height, width, channels = x.shape
-    known_size = height is not None and width is not None
-    by_matmul = small_map(x) or (known_size and channels == 1)
+    by_matmul = small_map(x) or (known_map_size(x) and x.shape[-1] == 1)
     convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
         filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
     )
@@ -488,8 +492,7 @@ def unpadded_conv(x, filters: int, kernel: int, strides: int = 1, **options):
     """A `kernel` x `kernel` conv without padding (the caller pads): at stride 1 with a
     one-channel image in or out, of a known size, as matmuls (`conv2d_valid_by_matmul`),
     else TensorFlow's kernel."""
-    _, height, width, channels = x.shape
-    by_matmul = strides == 1 and None not in (height, width) and 1 in (channels, filters)
+    by_matmul = strides == 1 and known_map_size(x) and 1 in (x.shape[-1], filters)
     convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
         filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT, **options
     )
