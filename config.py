@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from errors import first_line
 from files import atomic_path
 
 # The U-Net halves the image once per level; its depth is capped at the 8 levels of
@@ -83,6 +85,21 @@ class TrainConfig:
         return self.output_dir / "checkpoints"
 
     @property
+    def export_dir(self) -> Path:
+        """Both generators as `.keras` files and `model.json`, written at the end."""
+        return self.output_dir / EXPORT_DIR_NAME
+
+    @property
+    def epochs_dir(self) -> Path:
+        """The figure of each epoch, `epoch_001.png` and on."""
+        return self.output_dir / "epochs"
+
+    @property
+    def history_path(self) -> Path:
+        """`history.csv`: a row per epoch."""
+        return self.output_dir / "history.csv"
+
+    @property
     def best_checkpoint_dir(self) -> Path:
         """The generators with the best mean test SSIM; checkpoint rotation never reaches it."""
         return self.checkpoint_dir / "best"
@@ -103,6 +120,8 @@ class TrainConfig:
 
 
 CONFIG_FILE_NAME = "config.json"
+# Beside `checkpoints/` in a run's output dir; `translate.py --export` writes it there too.
+EXPORT_DIR_NAME = "export"
 PATH_FIELDS = (
     "data_dir_t1",
     "data_dir_t2",
@@ -196,3 +215,29 @@ def unet_levels(height: int, width: int) -> int:
     ):
         levels += 1
     return levels
+
+
+def tf_config_problem(text: str | None = None) -> str | None:
+    """Why the TF_CONFIG of a multi-worker run (`text`, default the environment's) cannot
+    set up the workers, or None when it may: unreadable JSON, or a task index outside
+    its kind's list in the cluster. TensorFlow checks the rest."""
+    text = os.environ.get("TF_CONFIG", "{}") if text is None else text
+    try:
+        spec = json.loads(text or "{}")
+    except ValueError as error:
+        return f"TF_CONFIG cannot set up the workers: {first_line(error)}"
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    task = spec.get("task") if isinstance(spec, dict) else None
+    if not (isinstance(cluster, dict) and isinstance(task, dict)):
+        return None
+    members = cluster.get(task.get("type"))
+    try:
+        index = int(task.get("index", 0))  # TensorFlow reads "1" as 1 too
+    except (TypeError, ValueError):
+        index = -1
+    if isinstance(members, list) and not 0 <= index < len(members):
+        return (
+            f"TF_CONFIG cannot set up the workers: task {task.get('type')} "
+            f"{task.get('index')} is not one of the cluster's {len(members)}"
+        )
+    return None

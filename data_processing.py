@@ -28,26 +28,18 @@ import tensorflow as tf
 from config import TrainConfig
 from errors import DataError
 from files import atomic_path
-
-# Re-exported: translation, evaluation and the tests take the preprocessing from here.
-from preprocessing import (  # noqa: F401
-    MIN_INPUT_SIDE,
+from preprocessing import (
+    PREPROCESS_VERSION,
     Preprocessed,
-    foreground_mask,
-    normalize_intensity,
     preprocess_file,
     preprocess_or_reason,
-    preprocess_slice,
-    read_grayscale,
     start_worker,
 )
-from volumes import NIFTI_SUFFIXES, is_nifti
+from scan_io import find_images
+from volumes import is_nifti
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-# Bump when preprocessing changes, so old cache entries are never reused.
-PREPROCESS_VERSION = 1
 # A worker process takes about 3 s to start (Python, nibabel, ANTsPy); below this much
 # input, a few seconds of preprocessing, one process is done before a pool has started.
 POOL_MIN_BYTES = 2_000_000
@@ -92,27 +84,6 @@ class ScanResult:
             f"{label}: {len(self.entries)} images used{of_volumes}, "
             f"{len(self.skipped)} skipped" + (f" ({why})" if why else "")
         )
-
-
-def find_images(data_dir: Path, volumes: bool = False) -> list[Path]:
-    """All image files under `data_dir` (and NIfTI volumes if `volumes`), recursively, sorted.
-
-    Raises DataError if `data_dir` is missing, is not a directory, or holds no such file.
-    """
-    if not data_dir.exists():
-        raise DataError(f"data dir {data_dir} does not exist")
-    if not data_dir.is_dir():
-        raise DataError(f"data dir {data_dir} is not a directory")
-    paths = sorted(
-        path
-        for path in data_dir.rglob("*")
-        if (path.suffix.lower() in IMAGE_SUFFIXES or (volumes and is_nifti(path)))
-        and path.is_file()
-    )
-    if not paths:
-        suffixes = " ".join(sorted(IMAGE_SUFFIXES) + (list(NIFTI_SUFFIXES) if volumes else []))
-        raise DataError(f"data dir {data_dir} holds no image file ({suffixes})")
-    return paths
 
 
 def preprocess_params(config: TrainConfig) -> str:

@@ -11,6 +11,11 @@ class DataError(Exception):
     """Input that a run cannot use at all (data, checkpoint, model); the message names it."""
 
 
+class RunFailed(Exception):
+    """A training run cannot go on (a checkpoint could not be written, losses diverged);
+    the message says why and what was kept."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type when it has none."""
     text = str(error).strip()

@@ -117,12 +117,17 @@ def check_paths(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     """The whole job; raises DataError for input it cannot use."""
     import evaluation
+    import plotting
+    import reports
+    from checkpoints import restore_run
     from data_processing import PreprocessCache
     from errors import DataError
+    from inference import generators_of
 
     run_dir = args.checkpoint_dir.parent
-    restored = evaluation.load_generators(args.checkpoint_dir)
+    restored = restore_run(args.checkpoint_dir)
     config = restored.config
+    generators = generators_of(restored.model, config.n4)
     train_dirs = {
         "t1": args.train_dir_t1 or config.data_dir_t1,
         "t2": args.train_dir_t2 or config.data_dir_t2,
@@ -145,10 +150,10 @@ def evaluate(args: argparse.Namespace) -> None:
     )
     images = evaluation.load_pairs(pairing.pairs, cache)
     references = evaluation.build_histogram_references(train_dirs["t1"], train_dirs["t2"], cache)
-    result = evaluation.evaluate_pairs(restored, images, references, batch_size=args.batch_size)
+    result = evaluation.evaluate_pairs(generators, images, references, batch_size=args.batch_size)
 
     output_dir = args.output_dir or run_dir / "evaluation"
-    document = evaluation.metrics_document(
+    document = reports.metrics_document(
         result,
         checkpoint=restored.checkpoint,
         epoch=restored.epoch,
@@ -159,10 +164,12 @@ def evaluate(args: argparse.Namespace) -> None:
         unpaired=[str(path) for path in (*pairing.unpaired_t1, *pairing.unpaired_t2)],
         skipped=[f"{path}: {reason}" for path, reason in images.skipped],
     )
-    evaluation.write_metrics_csv(result, output_dir / "metrics.csv")
-    evaluation.write_json(document, output_dir / "metrics.json")
-    evaluation.plot_examples(restored, images, result, output_dir / "examples.png")
-    print(evaluation.format_table(result))
+    reports.write_metrics_csv(result, output_dir / "metrics.csv")
+    reports.write_json(document, output_dir / "metrics.json")
+    plotting.plot_examples(
+        evaluation.example_rows(generators, images, result), output_dir / "examples.png"
+    )
+    print(reports.format_table(result))
     print(f"Wrote metrics.csv, metrics.json and examples.png to {output_dir}")
 
 

@@ -20,33 +20,31 @@ directions are scored on the same pixels; see `head_mask`.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage
 from skimage.exposure import match_histograms
 
 import metrics
-import translation
-from config import TrainConfig
-from data_processing import PreprocessCache, find_images, foreground_mask
+from data_processing import PreprocessCache
+from directions import DIRECTIONS
 from errors import DataError
-from files import atomic_path
+from inference import Generator, generators_of
+from preprocessing import foreground_mask
+from scan_io import find_images
+
+if TYPE_CHECKING:
+    from mri_gan import CycleGan
 
 log = logging.getLogger(__name__)
 
-# direction -> (input contrast, target contrast)
-DIRECTIONS: dict[str, tuple[str, str]] = {"t1_to_t2": ("t1", "t2"), "t2_to_t1": ("t2", "t1")}
 METHODS = ("model", "identity", "histogram_matching")
 # The keys of `EvaluationResult.summary()`, in order: e.g. columns of history.csv.
 SUMMARY_KEYS = (
@@ -61,13 +59,6 @@ MAX_REFERENCE_IMAGES = 200
 # A separate piece of foreground counts as head if it is at least this fraction of the
 # largest piece (the cerebellum and temporal lobes of a low slice), not a noise speck.
 HEAD_PART_FRACTION = 0.05
-
-
-class Generators(Protocol):
-    """Anything with the two generators, e.g. `mri_gan.CycleGan`: (B, H, W, 1) in [-1, 1]."""
-
-    t1_to_t2: Callable
-    t2_to_t1: Callable
 
 
 # ---------------------------------------------------------------------------- pairing
@@ -123,7 +114,7 @@ def pair_files(test_dir_t1: Path, test_dir_t2: Path) -> Pairing:
 def head_mask(image: np.ndarray) -> np.ndarray:
     """The head of a slice: bool (H, W) from an (H, W) image in [0, 1].
 
-    `data_processing.foreground_mask` (above 5 % of the bright end), opened with a 3x3
+    `preprocessing.foreground_mask` (above 5 % of the bright end), opened with a 3x3
     square to drop the noise specks of the air, the pieces of at least
     `HEAD_PART_FRACTION` of the largest kept, holes filled (the dark skull and any dark
     tissue inside the head count as head).
@@ -154,7 +145,8 @@ def _preprocess_all(
 ) -> list[np.ndarray | tuple[Path, str]]:
     """Each path's preprocessed image, or (path, reason) if it cannot be used.
 
-    In threads: ANTs releases the GIL, and the cache is thread-safe.
+    In threads, which the thread-safe cache allows; ANTs holds Python's lock while it
+    works, so they overlap reading, hashing and cache hits rather than N4 itself.
     """
 
     def one(path: Path) -> np.ndarray | tuple[Path, str]:
@@ -270,29 +262,16 @@ def match_to_reference(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------- prediction
 
 
-def translate(generator: Callable, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Run a generator (inference mode) over (N, H, W) images in [0, 1], in batches.
-
-    Returns float32 (N, H, W) in [0, 1]: the tanh output mapped back from [-1, 1].
-    """
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size, ..., np.newaxis] * 2.0 - 1.0
-        output = generator(tf.constant(batch, tf.float32), training=False)
-        outputs.append((np.asarray(output)[..., 0] + 1.0) / 2.0)
-    return np.clip(np.concatenate(outputs), 0.0, 1.0).astype(np.float32)
-
-
 def _predictions(
     method: str,
     direction: str,
     inputs: np.ndarray,
-    model: Generators | None,
+    generators: Mapping[str, Generator] | None,
     references: Mapping[str, np.ndarray] | None,
     batch_size: int,
 ) -> np.ndarray:
     if method == "model":
-        return translate(getattr(model, direction), inputs, batch_size)
+        return generators[direction].translate_unit(inputs, batch_size)
     if method == "identity":
         return inputs
     target_contrast = DIRECTIONS[direction][1]
@@ -396,7 +375,7 @@ class EvaluationResult:
 
 
 def evaluate_pairs(
-    model: Generators | None,
+    model: Mapping[str, Generator] | CycleGan | None,
     images: PairedImages,
     histogram_references: Mapping[str, np.ndarray] | None = None,
     baselines: bool = True,
@@ -404,8 +383,9 @@ def evaluate_pairs(
 ) -> EvaluationResult:
     """Score both directions of `model` (and the baselines) on preprocessed pairs.
 
-    `model`: both generators ((B, H, W, 1) in [-1, 1], tanh), run with training=False
-    in batches of `batch_size`; None to score only the baselines. `images`: from
+    `model`: {direction: `inference.Generator`}, or anything holding both generators
+    (`mri_gan.CycleGan`), run in batches of `batch_size`; None to score only the
+    baselines. Pass the same mapping each time to trace the generators once. `images`: from
     `load_pairs`, preprocessed once and reusable across calls. `baselines`: also score
     `identity`, and `histogram_matching` when `histogram_references` ({"t1": .., "t2": ..}
     from `build_histogram_references`) is given. Training passes `baselines=False` each time:
@@ -422,6 +402,7 @@ def evaluate_pairs(
     ]
     if not methods:
         raise ValueError("nothing to evaluate: no model and no baseline")
+    generators = model if model is None or isinstance(model, Mapping) else generators_of(model)
     values = {}
     for direction, (source, target) in DIRECTIONS.items():
         inputs, targets = images.of(source), images.of(target)
@@ -431,7 +412,7 @@ def evaluate_pairs(
             for start in range(0, len(inputs), batch_size):
                 part = slice(start, start + batch_size)
                 predicted = _predictions(
-                    method, direction, inputs[part], model, histogram_references, batch_size
+                    method, direction, inputs[part], generators, histogram_references, batch_size
                 )
                 chunks.append(metrics.slice_metrics(predicted, targets[part], images.masks[part]))
             values[(direction, method)] = {
@@ -441,114 +422,14 @@ def evaluate_pairs(
     return EvaluationResult(images.names, values, images.masks.mean(axis=(1, 2)))
 
 
-# ---------------------------------------------------------------------- model loading
-
-
-@dataclass(frozen=True)
-class RestoredGenerators:
-    """The two generators of a training run, restored from a checkpoint."""
-
-    t1_to_t2: Callable
-    t2_to_t1: Callable
-    config: TrainConfig
-    checkpoint: str
-    epoch: int
-
-
-def load_generators(checkpoint_dir: Path) -> RestoredGenerators:
-    """Both generators of a training run, restored from its newest checkpoint.
-
-    `checkpoint_dir` is `<output_dir>/checkpoints` (or another folder of such checkpoints
-    beside config.json). Raises DataError naming the path if there is no checkpoint, or
-    it cannot be read, or it does not fit.
-    """
-    run = translation.restore_run(checkpoint_dir)
-    return RestoredGenerators(
-        run.model.t1_to_t2, run.model.t2_to_t1, run.config, run.checkpoint, run.epoch
-    )
-
-
 # ---------------------------------------------------------------------------- outputs
 
 
-def write_metrics_csv(result: EvaluationResult, path: Path) -> None:
-    """metrics.csv: one row per slice, direction and method; metrics to 6 significant digits."""
-    columns = ["name", "direction", "method", *metrics.METRIC_NAMES, "mask_fraction"]
-
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns)
-        writer.writeheader()
-        for row in result.rows():
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-
-
-def _json_safe(value):
-    """NaN and infinity become null: JSON has no spelling for them."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def metrics_document(result: EvaluationResult, **context) -> dict:
-    """The content of metrics.json: `context` (run, paths, ...) and the summary statistics."""
-    return _json_safe(
-        {
-            **context,
-            "n_pairs": len(result.names),
-            "psnr_cap_db": metrics.MAX_PSNR_DB,
-            "std": "population standard deviation over slices (ddof 0)",
-            "metrics": result.statistics(),
-            "model_beats_histogram_matching": result.model_beats_histogram_matching(),
-        }
-    )
-
-
-def write_json(document: dict, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
-
-
-def format_table(result: EvaluationResult) -> str:
-    """The mean ± std of every metric, one line per direction and method, and the verdicts."""
-    statistics = result.statistics()
-    headers = ["SSIM", "PSNR dB", "MAE", "head SSIM", "head PSNR", "head MAE"]
-    lines = [f"{'direction':<9} {'method':<18} " + " ".join(f"{h:>15}" for h in headers)]
-    for direction in DIRECTIONS:
-        for method in result.methods:
-            cells = []
-            for name in metrics.METRIC_NAMES:
-                value = statistics[direction][method][name]
-                digits = 2 if "psnr" in name else 3
-                cells.append(f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}")
-            lines.append(
-                f"{direction:<9} {method:<18} " + " ".join(f"{cell:>15}" for cell in cells)
-            )
-    for direction, verdicts in result.model_beats_histogram_matching().items():
-        answers = ", ".join(
-            f"{name} {'yes' if won else 'no'}" for name, won in verdicts.items() if name != "all"
-        )
-        overall = "yes" if verdicts["all"] else "no"
-        lines.append(f"{direction}: model beats histogram matching: {overall} ({answers})")
-    return "\n".join(lines)
-
-
-def plot_examples(
-    model: Generators, images: PairedImages, result: EvaluationResult, path: Path
-) -> None:
-    """examples.png: per direction, the best, median and worst slice by model SSIM.
-
-    Columns: input, prediction, target (grey, [0, 1]) and |prediction - target| (0 to
-    0.5, brighter is worse).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def example_rows(
+    generators: Mapping[str, Generator], images: PairedImages, result: EvaluationResult
+) -> list[tuple[str, tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The rows of `plotting.plot_examples`: per direction, the best, median and worst
+    slice by model SSIM, with input, prediction and target."""
     rows = []
     for direction, (source, target) in DIRECTIONS.items():
         order = result.ranked(direction)
@@ -557,27 +438,18 @@ def plot_examples(
             ("median", order[len(order) // 2]),
             ("worst", order[0]),
         ):
-            rows.append((direction, label, index, source, target))
-    figure, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
-    for row, (direction, label, index, source, target) in enumerate(rows):
-        inputs = images.of(source)[index]
-        prediction = translate(getattr(model, direction), images.of(source)[index : index + 1])[0]
-        expected = images.of(target)[index]
-        score = result.values[(direction, "model")]["ssim"][index]
-        panels = (
-            (inputs, f"{source.upper()} input", "gray", 1.0),
-            (prediction, f"{direction} prediction", "gray", 1.0),
-            (expected, f"{target.upper()} target", "gray", 1.0),
-            (np.abs(prediction - expected), "|error|", "magma", 0.5),
-        )
-        for column, (image, title, colormap, top) in enumerate(panels):
-            axis = axes[row, column]
-            axis.imshow(image, cmap=colormap, vmin=0.0, vmax=top)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.set_title(title, fontsize=9)
-        axes[row, 0].set_ylabel(f"{label}: {images.names[index]}\nSSIM {score:.3f}", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+            inputs = images.of(source)[index]
+            prediction = generators[direction].translate_unit(inputs[np.newaxis])[0]
+            score = result.values[(direction, "model")]["ssim"][index]
+            rows.append(
+                (
+                    f"{label}: {images.names[index]}\nSSIM {score:.3f}",
+                    (
+                        f"{source.upper()} input",
+                        f"{direction} prediction",
+                        f"{target.upper()} target",
+                    ),
+                    (inputs, prediction, images.of(target)[index]),
+                )
+            )
+    return rows

@@ -46,10 +46,16 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         raise
 
 
+HOOK_VARIABLES = ("MRI_GAN_TEST_PAUSE", "MRI_GAN_TEST_DISK_FULL")
 # next() is atomic: tf.data threads reach these points too.
-_matches = {
-    variable: itertools.count(1) for variable in ("MRI_GAN_TEST_PAUSE", "MRI_GAN_TEST_DISK_FULL")
-}
+_matches = {variable: itertools.count(1) for variable in HOOK_VARIABLES}
+
+
+def reset_test_hooks() -> None:
+    """Count the test hooks' matches from 1 again, as in a new process (tests that run
+    `main.main` in their own process use this before each run)."""
+    for variable in HOOK_VARIABLES:
+        _matches[variable] = itertools.count(1)
 
 
 def _test_hook_fires(variable: str, point: str) -> bool:

@@ -23,9 +23,10 @@ from config import (
     non_negative_int,
     positive_float,
     positive_int,
+    tf_config_problem,
     unit_fraction,
 )
-from errors import DataError
+from errors import DataError, RunFailed
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train a CycleGAN (two U-Net generators, two PatchGAN discriminators) "
+        description="Train a CycleGAN (two generators, U-Net or ResNet, and two PatchGAN "
+        "discriminators) "
         "that translates brain MRI T1-weighted <-> T2-weighted from unpaired images. "
         "Rerun the same command to resume from the latest checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -239,9 +241,17 @@ def main(argv: list[str] | None = None) -> None:
         problem = writable_problem(folder)
         if problem:
             fail(f"{flag} {folder} cannot be written: {problem}")
+    # Answered before TensorFlow loads, so that these common mistakes fail at once.
+    workers = tf_config_problem() if config.strategy == "multiworker" else None
+    if workers:
+        fail(workers)
+    for folder in (config.data_dir_t1, config.data_dir_t2):
+        if not folder.is_dir():
+            what = "is not a directory" if folder.exists() else "does not exist"
+            fail(f"data dir {folder} {what}")
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
-    from training import RunFailed, train
+    from training import train
 
     try:
         result = train(config)

@@ -15,6 +15,9 @@ from keras import layers
 
 import loss
 from config import TrainConfig, unet_levels
+from convolutions import conv, conv_transpose
+from history_pool import HistoryPool
+from update_guard import apply_if_finite, scaled_loss
 
 # pix2pix initialises weights from N(0, 0.02).
 WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
@@ -103,321 +106,9 @@ class ReflectionPadding2D(layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
-# Feature maps of at most this many pixels (the U-Net's inner levels, 16x16 and below;
-# for a transposed conv, its input) are convolved as one matrix product, and so are
-# one-channel images in or out (`strided_conv`, `unpadded_conv`): there TensorFlow's
-# convolution kernels run far below a matmul's speed, while on larger maps they run at
-# about it (python -m benchmarks.small_convs shows both, layer by layer).
-SMALL_MAP_PIXELS = 256
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "same" padding of one dimension: (before, after)."""
-    outputs = -(-size // stride)
-    total = max((outputs - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def conv2d_by_matmul(x, kernel, stride: int):
-    """`tf.nn.conv2d(x, kernel, stride, "SAME")` as one product of patches and kernel.
-
-    `kernel` is (kh, kw, c_in, c_out); kh and kw are multiples of `stride`. The padded
-    image is cut into stride x stride blocks (`space_to_depth`), so each output pixel's
-    patch is the (kh / stride) x (kw / stride) blocks starting at the pixel's own block:
-    a few plain slices. The patch is then ordered as the kernel is, rows by columns by
-    channels, and is one row of the matrix multiplied by the kernel. The products are
-    TensorFlow's; only the order of summing them differs.
-    """
-    kernel_height, kernel_width, channels_in, channels_out = kernel.shape
-    _, height, width, _ = x.shape
-    top, bottom = same_padding(height, kernel_height, stride)
-    left, right = same_padding(width, kernel_width, stride)
-    blocks = tf.nn.space_to_depth(tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]]), stride)
-    out_height, out_width = -(-height // stride), -(-width // stride)
-    taps_down, taps_across = kernel_height // stride, kernel_width // stride
-    # tf.slice, not indexing: its gradient is a pad, far faster than StridedSliceGrad.
-    patches = tf.stack(
-        [
-            tf.slice(blocks, [0, down, across, 0], [-1, out_height, out_width, -1])
-            for down in range(taps_down)
-            for across in range(taps_across)
-        ],
-        axis=3,
-    )
-    # (block row, block column, row in block, column in block, channel) ->
-    # (block row, row in block, block column, column in block, channel): the kernel's order.
-    patches = tf.reshape(patches, [-1, taps_down, taps_across, stride, stride, channels_in])
-    patches = tf.transpose(patches, [0, 1, 3, 2, 4, 5])
-    patch_size = kernel_height * kernel_width * channels_in
-    y = tf.matmul(tf.reshape(patches, [-1, patch_size]), tf.reshape(kernel, [patch_size, -1]))
-    return tf.reshape(y, [-1, out_height, out_width, channels_out])
-
-
-def conv2d_transpose_by_matmul(x, kernel, stride: int):
-    """`Conv2DTranspose(padding="same")` of `x` as one product of pixels and kernel.
-
-    `kernel` is (kh, kw, c_out, c_in), as Keras holds it; kh and kw are multiples of
-    `stride`. Every input pixel times the kernel gives a kh x kw x c_out block; block
-    tap (a * stride + r) of pixel i lands on output row (i + a) * stride + r, so the
-    blocks are summed by shifting each tap group a rows (and columns) before
-    interleaving the strides. The full (H - 1) * stride + kh rows are then cropped to
-    H * stride as TensorFlow crops them.
-    """
-    kernel_height, kernel_width, channels_out, channels_in = kernel.shape
-    _, height, width, _ = x.shape
-    taps_down, taps_across = kernel_height // stride, kernel_width // stride
-    # kernel · xᵀ then transposed: faster than x · kernelᵀ for these shapes.
-    blocks = tf.transpose(
-        tf.matmul(
-            tf.reshape(kernel, [-1, channels_in]),
-            tf.reshape(x, [-1, channels_in]),
-            transpose_b=True,
-        )
-    )
-    blocks = tf.reshape(
-        blocks, [-1, height, width, taps_down, stride, taps_across, stride, channels_out]
-    )
-    # Tap groups taken apart with unstack, whose gradient is a stack: indexing them out
-    # of this 8-d tensor would cost a slow StridedSliceGrad each.
-    full = tf.add_n(
-        [
-            tf.pad(
-                group,
-                [
-                    [0, 0],
-                    [down, taps_down - 1 - down],
-                    [across, taps_across - 1 - across],
-                    [0, 0],
-                    [0, 0],
-                    [0, 0],
-                ],
-            )
-            for down, row_groups in enumerate(tf.unstack(blocks, axis=3))
-            for across, group in enumerate(tf.unstack(row_groups, axis=4))
-        ]
-    )
-    full_height = (height + taps_down - 1) * stride
-    full_width = (width + taps_across - 1) * stride
-    full = tf.reshape(
-        tf.transpose(full, [0, 1, 3, 2, 4, 5]), [-1, full_height, full_width, channels_out]
-    )
-    top, _ = same_padding(height * stride, kernel_height, stride)
-    left, _ = same_padding(width * stride, kernel_width, stride)
-    return tf.slice(full, [0, top, left, 0], [-1, height * stride, width * stride, -1])
-
-
-def conv2d_valid_by_matmul(x, kernel):
-    """`tf.nn.conv2d(x, kernel, 1, "VALID")` as one matrix product and slices, for convs
-    with few channels on one side (a one-channel image in or out), where TensorFlow's
-    kernels pad the one channel to a block of many and run far below a matmul's speed.
-
-    With fewer channels in than out, each output pixel's patch (the kh x kw input pixels
-    under the kernel, sliced out as shifted views) is one row of the matrix multiplied by
-    the kernel. With fewer out, every input pixel times every kernel tap is one product,
-    and each tap's map, shifted by the tap's offset, is summed. Either way the products
-    are TensorFlow's; only the order of summing them differs.
-    """
-    kernel_height, kernel_width, channels_in, channels_out = kernel.shape
-    _, height, width, _ = x.shape
-    out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
-    offsets = [(down, across) for down in range(kernel_height) for across in range(kernel_width)]
-    taps = len(offsets)
-    if channels_in <= channels_out:
-        # (tap, pixel, channel) stacked from contiguous slices, then (pixel, tap, channel):
-        # faster than stacking the slices along the channel axis.
-        patches = tf.stack(
-            [
-                tf.slice(x, [0, down, across, 0], [-1, out_height, out_width, -1])
-                for down, across in offsets
-            ]
-        )
-        patches = tf.transpose(tf.reshape(patches, [taps, -1, channels_in]), [1, 0, 2])
-        y = tf.matmul(
-            tf.reshape(patches, [-1, taps * channels_in]), tf.reshape(kernel, [-1, channels_out])
-        )
-        return tf.reshape(y, [-1, out_height, out_width, channels_out])
-    # (tap, channel out, channel in) times every pixel: one map per tap and channel out,
-    # laid out (tap, channel out, image, row, column) so each tap's shift is a plain slice.
-    per_tap = tf.matmul(
-        tf.reshape(tf.transpose(kernel, [0, 1, 3, 2]), [-1, channels_in]),
-        tf.reshape(x, [-1, channels_in]),
-        transpose_b=True,
-    )
-    per_tap = tf.reshape(per_tap, [taps, channels_out, -1, height, width])
-    # unstack, whose gradient is a stack: indexing would cost a StridedSliceGrad per tap.
-    y = tf.add_n(
-        [
-            tf.slice(tap, [0, 0, down, across], [-1, -1, out_height, out_width])
-            for (down, across), tap in zip(offsets, tf.unstack(per_tap), strict=True)
-        ]
-    )
-    return tf.transpose(y, [1, 2, 3, 0])
-
-
-def check_matmul_conv(layer: layers.Layer, valid_stride_one: bool = False) -> None:
-    """Refuse options the matmul convolutions do not implement, rather than ignore them.
-
-    `valid_stride_one`: the layer may also be a "valid" conv at stride 1 (`MatmulConv2D`).
-    """
-    strides, kernel_size = tuple(layer.strides), tuple(layer.kernel_size)
-    common = (
-        layer.data_format == "channels_last"
-        and tuple(layer.dilation_rate) == (1, 1)
-        and getattr(layer, "groups", 1) == 1
-        and getattr(layer, "output_padding", None) is None
-    )
-    strided_same = (
-        layer.padding == "same"
-        and strides[0] == strides[1] >= 2
-        and all(side % strides[0] == 0 for side in kernel_size)
-    )
-    valid = valid_stride_one and layer.padding == "valid" and strides == (1, 1)
-    if not (common and (strided_same or valid)):
-        also = ", or 'valid' padding at stride 1" if valid_stride_one else ""
-        raise ValueError(
-            f"{type(layer).__name__} needs 'same' padding with equal strides of at least 2 "
-            f"and kernel sides that are multiples of them{also}; channels last, no "
-            f"dilation or groups; got strides {strides}, kernel {kernel_size}, padding "
-            f"{layer.padding!r}"
-        )
-
-
-@keras.saving.register_keras_serializable(package="mri_gan")
-class MatmulConv2D(layers.Conv2D):
-    """Keras' Conv2D computed by `conv2d_by_matmul` (strided, "same" padding) or
-    `conv2d_valid_by_matmul` ("valid", stride 1): the same weights and products."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        check_matmul_conv(self, valid_stride_one=True)
-
-    def convolution_op(self, inputs, kernel):
-        if self.padding == "valid":
-            return conv2d_valid_by_matmul(inputs, kernel)
-        return conv2d_by_matmul(inputs, kernel, self.strides[0])
-
-
-def bias_and_activation(layer: layers.Conv2DTranspose, y):
-    """The rest of Keras' Conv2DTranspose call after its convolution, for the subclasses
-    that replace the call (Conv2DTranspose has no `convolution_op` hook as Conv2D has)."""
-    if layer.use_bias:
-        y = tf.nn.bias_add(y, layer.bias)
-    return layer.activation(y) if layer.activation is not None else y
-
-
-@keras.saving.register_keras_serializable(package="mri_gan")
-class MatmulConv2DTranspose(layers.Conv2DTranspose):
-    """Keras' Conv2DTranspose computed by `conv2d_transpose_by_matmul`: the same weights
-    and products."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        check_matmul_conv(self)
-
-    def call(self, inputs):
-        return bias_and_activation(
-            self, conv2d_transpose_by_matmul(inputs, self.kernel, self.strides[0])
-        )
-
-
-@keras.saving.register_keras_serializable(package="mri_gan")
-class CroppedConv2DTranspose(layers.Conv2DTranspose):
-    """A "valid" Conv2DTranspose whose full output loses `crop` = ((top, bottom), (left,
-    right)) rows and columns, the crop done by the kernel itself (explicit padding).
-
-    The same weights and sums as the layer followed by `Cropping2D(crop)`, without
-    computing the rows and columns cut off, or a slice and its gradient afterwards.
-    """
-
-    def __init__(self, *args, crop=((0, 0), (0, 0)), **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        pairs = (
-            isinstance(crop, (tuple, list))
-            and len(crop) == 2
-            and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in crop)
-        )
-        self.crop = tuple(tuple(int(side) for side in pair) for pair in crop) if pairs else crop
-        supported = (
-            pairs
-            and all(side >= 0 for pair in self.crop for side in pair)
-            and self.padding == "valid"
-            and self.data_format == "channels_last"
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.output_padding is None
-            # A stride above the kernel makes Keras' "valid" output longer than the sum.
-            and all(k >= s for k, s in zip(self.kernel_size, self.strides, strict=True))
-        )
-        if not supported:
-            raise ValueError(
-                f"CroppedConv2DTranspose needs crop ((top, bottom), (left, right)) of sides "
-                f">= 0, 'valid' padding, channels last, no dilation or output padding, and "
-                f"strides no larger than the kernel; got crop {crop!r}, padding "
-                f"{self.padding!r}, kernel {self.kernel_size}, strides {self.strides}, "
-                f"dilation {self.dilation_rate}, output padding {self.output_padding}, "
-                f"data format {self.data_format!r}"
-            )
-
-    def cropped_sides(self, height, width):
-        """Output height and width for an input of `height` x `width` (known sides are
-        checked: the crop must leave at least one row and column)."""
-        sides = []
-        for side, kernel, stride, (before, after) in zip(
-            (height, width), self.kernel_size, self.strides, self.crop, strict=True
-        ):
-            if side is None:
-                sides.append(None)
-                continue
-            out = (side - 1) * stride + kernel - before - after
-            if isinstance(out, int) and out < 1:
-                raise ValueError(
-                    f"crop {self.crop} leaves nothing of a {side}-pixel input side "
-                    f"(full output {out + before + after})"
-                )
-            sides.append(out)
-        return sides
-
-    def call(self, inputs):
-        batch, height, width = tf.unstack(tf.shape(inputs)[:3])
-        out_height, out_width = self.cropped_sides(height, width)
-        (top, bottom), (left, right) = self.crop
-        y = tf.nn.conv2d_transpose(
-            inputs,
-            self.kernel,
-            tf.stack([batch, out_height, out_width, self.filters]),
-            self.strides,
-            padding=[[0, 0], [top, bottom], [left, right], [0, 0]],
-        )
-        y.set_shape(self.compute_output_shape(inputs.shape))
-        return bias_and_activation(self, y)
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
-        return (batch, *self.cropped_sides(height, width), self.filters)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "crop": self.crop}
-
-
-def known_map_size(x) -> bool:
-    """Whether `x`'s height and width are known when the model is built."""
-    _, height, width, _ = x.shape
-    return height is not None and width is not None
-
-
-def small_map(x) -> bool:
-    """Whether `x`'s feature map has a known size of at most `SMALL_MAP_PIXELS` pixels."""
-    _, height, width, _ = x.shape
-    return known_map_size(x) and height * width <= SMALL_MAP_PIXELS
-
-
 def strided_conv(x, filters: int):
-    """A 4x4 stride-2 "same" conv, halving H and W: as a matmul on a small map or a
-    one-channel image, else TensorFlow's kernel."""
-    by_matmul = small_map(x) or (known_map_size(x) and x.shape[-1] == 1)
-    convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
-        filters, 4, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
-    )
-    return convolution(x)
+    """A 4x4 stride-2 "same" conv, halving H and W."""
+    return conv(x, filters, 4, strides=2, kernel_initializer=WEIGHT_INIT)
 
 
 def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
@@ -426,21 +117,8 @@ def upsampling_conv(x, filters: int, kernel: int, method: str = "transpose"):
     (Odena et al. 2016)."""
     if method == "resize":
         x = layers.UpSampling2D(2, interpolation="nearest")(x)
-        return layers.Conv2D(filters, 3, padding="same", kernel_initializer=WEIGHT_INIT)(x)
-    if kernel % 2:
-        # PyTorch's ConvTranspose2d(k, 2, padding=k // 2, output_padding=1), as the
-        # reference ResNet has it: the full 2n + 1 output less its first row and column.
-        crop = (kernel // 2, kernel // 2 - 1)
-        x = CroppedConv2DTranspose(
-            filters, kernel, strides=2, crop=(crop, crop), kernel_initializer=WEIGHT_INIT
-        )(x)
-        # In the place of the Cropping2D layer that once followed: checkpoints find layers
-        # by position, so ResNet runs saved before the crop moved into the kernel restore.
-        return layers.Identity()(x)
-    convolution = (MatmulConv2DTranspose if small_map(x) else layers.Conv2DTranspose)(
-        filters, kernel, strides=2, padding="same", kernel_initializer=WEIGHT_INIT
-    )
-    return convolution(x)
+        return conv(x, filters, 3, kernel_initializer=WEIGHT_INIT)
+    return conv_transpose(x, filters, kernel, kernel_initializer=WEIGHT_INIT)
 
 
 def upsample(x, filters: int, norm: bool = True, dropout: bool = False, method: str = "transpose"):
@@ -489,14 +167,10 @@ def unet_generator(
 
 
 def unpadded_conv(x, filters: int, kernel: int, strides: int = 1, **options):
-    """A `kernel` x `kernel` conv without padding (the caller pads): at stride 1 with a
-    one-channel image in or out, of a known size, as matmuls (`conv2d_valid_by_matmul`),
-    else TensorFlow's kernel."""
-    by_matmul = strides == 1 and known_map_size(x) and 1 in (x.shape[-1], filters)
-    convolution = (MatmulConv2D if by_matmul else layers.Conv2D)(
-        filters, kernel, strides=strides, kernel_initializer=WEIGHT_INIT, **options
+    """A `kernel` x `kernel` conv without padding (the caller pads)."""
+    return conv(
+        x, filters, kernel, strides, padding="valid", kernel_initializer=WEIGHT_INIT, **options
     )
-    return convolution(x)
 
 
 def conv_norm_relu(x, filters: int, kernel: int, strides: int = 1):
@@ -570,127 +244,6 @@ def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64
 def split_batch(images: tf.Tensor, parts: int) -> list[tf.Tensor]:
     """Split a batch made by concatenating `parts` equal batches back into them."""
     return tf.split(images, parts, axis=0)
-
-
-def query_pool(
-    stored: tf.Tensor,
-    count: tf.Tensor,
-    images: tf.Tensor,
-    coins: tf.Tensor,
-    slots: tf.Tensor,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One query of the reference's image pool, with its random draws given.
-
-    `stored` (size, H, W, C) holds `count` images so far; `images` (batch, H, W, C) are
-    new fakes; `coins` (batch,) in [0, 1) and `slots` (batch,) in [0, size) are the
-    draws. Image by image: while the pool is filling, store it and return it; once
-    full, if its coin is below 0.5 return the stored image at its slot and store the new
-    one there, else return the new one. Returns (images for the critic, stored, count).
-    """
-    size = tf.shape(stored)[0]
-
-    def one(index, stored, count, returned):
-        image = images[index]
-        filling = count < size
-        swap = tf.logical_and(tf.logical_not(filling), coins[index] < 0.5)
-        slot = tf.where(filling, count, slots[index])
-        old = stored[slot]
-        stored = tf.tensor_scatter_nd_update(
-            stored, [[slot]], [tf.where(tf.logical_or(filling, swap), image, old)]
-        )
-        returned = returned.write(index, tf.where(swap, old, image))
-        return index + 1, stored, count + tf.cast(filling, count.dtype), returned
-
-    batch = tf.shape(images)[0]
-    returned = tf.TensorArray(images.dtype, size=batch, element_shape=images.shape[1:])
-    _, stored, count, returned = tf.while_loop(
-        lambda index, *_: index < batch, one, (tf.constant(0), stored, count, returned)
-    )
-    return tf.reshape(returned.stack(), tf.shape(images)), stored, count
-
-
-class HistoryPool:
-    """The last `size` generated images of one contrast, shown to its critic (Shrivastava
-    et al. 2017, as in the CycleGAN paper) so it does not forget older generator modes.
-
-    Under tf.distribute each replica keeps a pool of its own. The pool is not part of
-    a checkpoint (nor is it in the reference): a resumed run refills it.
-    """
-
-    def __init__(self, size: int, image_shape: tuple[int, int, int], name: str) -> None:
-        # A plain object, not a Keras layer, so that the pool stays out of the weights.
-        per_replica = {
-            "trainable": False,
-            "synchronization": tf.VariableSynchronization.ON_READ,
-            "aggregation": tf.VariableAggregation.NONE,
-        }
-        self.size = size
-        self.stored = tf.Variable(tf.zeros((size, *image_shape)), name=name, **per_replica)
-        self.count = tf.Variable(0, name=f"{name}_count", **per_replica)
-
-    def query(self, images: tf.Tensor) -> tf.Tensor:
-        """Fakes for the critic: `images` (batch, H, W, C) mixed with older fakes."""
-        batch = tf.shape(images)[0]
-        coins = tf.random.uniform((batch,))
-        slots = tf.random.uniform((batch,), 0, self.size, tf.int32)
-        returned, stored, count = query_pool(
-            self.stored.read_value(),
-            self.count.read_value(),
-            tf.cast(images, self.stored.dtype),
-            coins,
-            slots,
-        )
-        self.stored.assign(stored)
-        self.count.assign(count)
-        return tf.cast(returned, images.dtype)
-
-
-def replicas_agree_finite(values: list[tf.Tensor]) -> tf.Tensor:
-    """True when every value is finite on every replica, so all take the same branch."""
-    bad = tf.cast(
-        tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])),
-        tf.float32,
-    )
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
-    return tf.equal(bad, 0.0)
-
-
-def run_if(condition: tf.Tensor, action) -> None:
-    """Run `action()`, which updates variables the way Keras does in the cross-replica
-    context (e.g. a loss scale), where `condition`, the same on every replica, holds."""
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(condition, action, lambda: None)
-        return
-
-    def cross_replica(strategy, condition):
-        tf.cond(strategy.experimental_local_results(condition)[0], action, lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
-
-
-def apply_if(condition: tf.Tensor, apply, gradients) -> None:
-    """Run `apply(gradients)` (which calls optimizers) only where `condition` holds.
-
-    Optimizers synchronise replicas through `merge_call`, which TensorFlow does not
-    allow inside a `tf.cond` in a replica context; as Keras' LossScaleOptimizer does,
-    the condition is then taken in the cross-replica context and `apply` runs on every
-    replica from there. `condition` must be the same on every replica.
-    """
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(condition, lambda: apply(gradients), lambda: None)
-        return
-
-    def cross_replica(strategy, condition, gradients):
-        agreed = strategy.experimental_local_results(condition)[0]
-
-        def on_every_replica():
-            strategy.extended.call_for_each_replica(apply, args=(gradients,))
-
-        tf.cond(agreed, on_every_replica, lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, gradients))
 
 
 class CycleGan(keras.Model):
@@ -863,6 +416,9 @@ class CycleGan(keras.Model):
         )
         return losses
 
+    # Traced as written: the step's branches are tf.cond already, and AutoGraph's
+    # rewrite of it and every layer it calls took 2-3 s of each run's start.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         real_t1, real_t2 = data
         with tf.GradientTape(persistent=True) as tape:
@@ -873,51 +429,25 @@ class CycleGan(keras.Model):
                 "generators": losses["generator_loss"],
                 "critics": losses["t1_critic_loss"] + losses["t2_critic_loss"],
             }
-            # Under mixed precision the optimizers are LossScaleOptimizers.
             objectives = {
-                group: self.network_optimizers[group].scale_loss(objective)
-                if isinstance(self.network_optimizers[group], keras.optimizers.LossScaleOptimizer)
-                else objective
+                group: scaled_loss(self.network_optimizers[group], objective)
                 for group, objective in objectives.items()
             }
         # One backward pass of the joint generator loss serves both generators; the
         # critics are differentiated only through their own losses, so the fakes they
         # saw act as constants for them, as with `detach()` in the reference.
-        groups = tuple(objectives)
-        gradients = [
-            tape.gradient(objectives[group], self.group_variables(group)) for group in groups
-        ]
+        variables = {group: self.group_variables(group) for group in objectives}
+        gradients = {
+            group: tape.gradient(objective, variables[group])
+            for group, objective in objectives.items()
+        }
         del tape
+        finite = apply_if_finite(losses, gradients, self.network_optimizers, variables)
+        return self.record(losses, finite)
 
-        def apply_updates(gradients):
-            for group, group_gradients in zip(groups, gradients, strict=True):
-                self.network_optimizers[group].apply_gradients(
-                    zip(group_gradients, self.group_variables(group), strict=True)
-                )
-
-        # A NaN or Inf loss would poison every weight it touched: skip that step's
-        # updates instead, and count it, so the run can stop if it keeps happening.
-        finite = replicas_agree_finite(list(losses.values()))
-        scalers = [
-            optimizer
-            for optimizer in self.network_optimizers.values()
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        ]
-        if scalers:
-            # float16 gradients that overflow on any replica skip the update everywhere
-            # and halve the loss scales: Keras' own check sees one replica's gradients
-            # only, before they are summed. Not a diverging loss: not counted as one.
-            fits = replicas_agree_finite([g for group in gradients for g in group if g is not None])
-
-            def lower_scales():
-                for scaler in scalers:
-                    scaler.dynamic_scale.assign(scaler.dynamic_scale * 0.5)
-                    scaler.step_counter.assign(0)
-
-            run_if(tf.logical_and(finite, tf.logical_not(fits)), lower_scales)
-            apply_if(tf.logical_and(finite, fits), apply_updates, gradients)
-        else:
-            apply_if(finite, apply_updates, gradients)
+    def record(self, losses: dict[str, tf.Tensor], finite: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Add a step's losses to the running means (unless `finite` is false: then count
+        the step as skipped) and return the logs Keras shows."""
         self.skipped_steps.assign_add(1 - tf.cast(finite, tf.int64))
         weight = tf.cast(finite, tf.float32)
         # Each replica's losses are its share of the global mean; its tracker records

@@ -1,4 +1,5 @@
-"""Figures: the per-epoch translation grid, the loss curves and the training GIF."""
+"""Every figure: the per-epoch translation grid, the loss curves, the training GIF and
+the evaluation examples."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from config import TrainConfig  # noqa: E402
 from files import atomic_path  # noqa: E402
 
 
@@ -116,3 +118,47 @@ def make_gif(frame_paths: list[Path], path: Path, seconds_per_frame: float = 0.5
             duration=int(seconds_per_frame * 1000),
             loop=0,
         )
+
+
+def epoch_figure_path(epochs_dir: Path, epoch: int) -> Path:
+    """Where the figure of `epoch` (1-based) goes: `epochs/epoch_007.png`."""
+    return epochs_dir / f"epoch_{epoch:03d}.png"
+
+
+def write_summary_figures(config: TrainConfig, last_epoch: int) -> None:
+    """`loss_curves.png` from the run's `history.csv` and `training.gif` from its epoch
+    figures up to `last_epoch`, in its output dir."""
+    if config.history_path.is_file():
+        plot_loss_curves(config.history_path, config.output_dir / "loss_curves.png")
+    frames = [epoch_figure_path(config.epochs_dir, epoch) for epoch in range(1, last_epoch + 1)]
+    make_gif([frame for frame in frames if frame.is_file()], config.output_dir / "training.gif")
+
+
+def plot_examples(
+    rows: list[tuple[str, tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    path: Path,
+) -> None:
+    """A figure of examples, one row each: input, prediction, target (grey, [0, 1]) and
+    |prediction - target| (0 to 0.5, brighter is worse).
+
+    rows: (row label, the three panel titles, the three (H, W) images in [0, 1]).
+    """
+    figure, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    for row, (label, titles, (inputs, prediction, target)) in enumerate(rows):
+        panels = (
+            (inputs, titles[0], "gray", 1.0),
+            (prediction, titles[1], "gray", 1.0),
+            (target, titles[2], "gray", 1.0),
+            (np.abs(prediction - target), "|error|", "magma", 0.5),
+        )
+        for column, (image, title, colormap, top) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(image, cmap=colormap, vmin=0.0, vmax=top)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
+    plt.close(figure)

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from config import TrainConfig
+from scan_io import MIN_INPUT_SIDE, read_grayscale, read_volume
 from volumes import generator_view, is_nifti
 
-# Below this an image holds too little anatomy to resample to a training size.
-MIN_INPUT_SIDE = 16
+# Bump when preprocessing changes, so old cache entries are never reused.
+PREPROCESS_VERSION = 1
 # N4 needs enough foreground to fit its B-spline bias field.
 MIN_N4_FOREGROUND = 64
+# Normalization maps this percentile of the foreground to 1 (`normalize_intensity`);
+# translation's `--intensity input` inverts it.
+UPPER_PERCENTILE = 99.5
 # N4 works on a grid shrunk to about this many voxels per side: ANTs' default shrink
 # factor 4 at 256 px, and a bounded cost for larger inputs.
 N4_GRID_SIDE = 64
@@ -46,61 +48,6 @@ class Preprocessed:
     n4_calls: int
 
 
-def read_grayscale(path: Path) -> np.ndarray:
-    """Read an image file as one float32 channel of shape (H, W), at full precision.
-
-    16-bit and 32-bit images keep their values (a 16-bit PNG gives 0..65535);
-    colour, palette and bilevel images are converted to 8-bit grayscale first.
-    Raises ValueError with a short reason if the file cannot be used.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):
-                image = image.convert("L")
-            array = np.asarray(image, dtype=np.float32)
-    except UnidentifiedImageError as error:
-        raise ValueError("not an image") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError("unreadable or truncated image") from error
-    if array.ndim != 2:
-        raise ValueError(f"unexpected image shape {array.shape}")
-    if min(array.shape) < MIN_INPUT_SIDE:
-        raise ValueError(f"smaller than {MIN_INPUT_SIDE} px")
-    if not np.isfinite(array).all():
-        raise ValueError("contains NaN or Inf")
-    return array
-
-
-def read_volume(path: Path) -> nib.Nifti1Image:
-    """A 3-D NIfTI volume (.nii or .nii.gz) with finite voxels, fully read.
-
-    Raises ValueError with a short reason (the same for every such file, so that the scan
-    summary can count them) if the file cannot be used.
-    """
-    try:
-        image = nib.load(path)
-        shape = image.shape
-    except (
-        nib.filebasedimages.ImageFileError,
-        nib.spatialimages.HeaderDataError,  # e.g. an unknown datatype code
-        OSError,
-        EOFError,
-        ValueError,
-        zlib.error,
-    ) as e:
-        raise ValueError("unreadable or truncated NIfTI") from e
-    if len(shape) != 3:
-        raise ValueError(f"{len(shape)}-D, not a 3-D volume")
-    try:
-        data = image.get_fdata(dtype=np.float32)
-    except (OSError, EOFError, ValueError, zlib.error) as error:
-        raise ValueError("unreadable or truncated NIfTI") from error
-    if not np.isfinite(data).all():
-        raise ValueError("contains NaN or Inf")
-    return image
-
-
 def foreground_mask(array: np.ndarray) -> np.ndarray:
     """Pixels brighter than 5 % of the bright end of the image: the head, not the air."""
     low = float(array.min())
@@ -109,7 +56,7 @@ def foreground_mask(array: np.ndarray) -> np.ndarray:
 
 
 def normalize_intensity(
-    array: np.ndarray, mask: np.ndarray | None = None, upper_percentile: float = 99.5
+    array: np.ndarray, mask: np.ndarray | None = None, upper_percentile: float = UPPER_PERCENTILE
 ) -> np.ndarray:
     """Map an image to [0, 1]: its minimum to 0, its `upper_percentile` to 1, clipped.
 
@@ -156,6 +103,8 @@ def n4_correct(
 
 def resample_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """A [0, 1] 2-D array resampled to (height, width) with ANTsPy (voxels, linear), clipped."""
+    if array.shape == (height, width):
+        return np.clip(array, 0.0, 1.0).astype(np.float32)
     import ants
 
     resampled = ants.resample_image(

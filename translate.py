@@ -4,8 +4,9 @@
         --input sub-01_T1w.nii.gz --output sub-01_T2w_synthetic.nii.gz
     python translate.py --export --checkpoint_dir output/checkpoints
 
-This module only checks the command line and calls `translation`; bad input is a
-one-line `error: ...` on stderr with exit code 2, and nothing is left at the output path.
+This module only checks the command line and calls the library (`scan_io` to read and
+write, `translation` to translate, `checkpoints` to export); bad input is a one-line
+`error: ...` on stderr with exit code 2, and nothing is left at the output path.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from config import positive_int
+from config import EXPORT_DIR_NAME, positive_int
+from directions import DIRECTIONS, contrast_names
 from errors import DataError, first_line
+from scan_io import IMAGE_SUFFIXES, WRITABLE_DTYPES
+from volumes import NIFTI_SUFFIXES
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("t1_to_t2", "t2_to_t1")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-WRITABLE_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+WRITABLE_IMAGE_SUFFIXES = tuple(WRITABLE_DTYPES)
 # Read but never written: JPEG is lossy and BMP holds 8 bits only.
-READ_ONLY_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp")
+READ_ONLY_IMAGE_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES - set(WRITABLE_DTYPES)))
 
 EPILOG = """\
 inputs and outputs:
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--direction", choices=DIRECTIONS, help="which generator to use")
+    parser.add_argument("--direction", choices=tuple(DIRECTIONS), help="which generator to use")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint_dir",
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     check_arguments(parser, args)
     # Our own messages at INFO; other libraries' (TensorFlow's) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in (__name__, "translation"):
+    for name in (__name__, "translation", "inference"):
         logging.getLogger(name).setLevel(logging.INFO)
     # TensorFlow's warnings about checkpoint parts deliberately not restored are noise here.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -317,17 +319,18 @@ def errors_as_one_line(interrupted: str, target: Path | str) -> Iterator[None]:
 
 
 def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
+    import scan_io
     import translation
 
     # Read the input first: a bad input fails before the model is loaded.
     if kind == "nifti":
-        volume = translation.read_nifti(args.input)
+        volume = scan_io.read_nifti(args.input)
     elif kind == "dicom":
-        volume = translation.read_dicom_series(args.input)
+        volume = scan_io.read_dicom_series(args.input)
     elif kind == "images":
-        inputs = translation.image_files(args.input)
+        inputs = scan_io.find_images(args.input)
     else:
-        translation.read_image(args.input)
+        scan_io.read_image(args.input)
         inputs = [args.input]
     source = args.model if args.model is not None else args.checkpoint_dir
     generator = translation.load_generator(source, args.direction)
@@ -344,11 +347,11 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             batch_size=args.batch_size,
             progress=progress,
         )
-        translation.write_nifti(translated, target, args.output_dtype or "float32", args.intensity)
+        scan_io.write_nifti(translated, target, args.output_dtype or "float32", args.intensity)
         log.info("Wrote %s", target)
         if args.dicom_out is not None:
-            _, contrast = translation.CONTRASTS[args.direction]
-            files = translation.write_dicom_series(
+            _, contrast = contrast_names(args.direction)
+            files = scan_io.write_dicom_series(
                 translated,
                 args.input,
                 args.dicom_out,
@@ -362,7 +365,7 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             return args.output
         relative = path.relative_to(args.input) if kind == "images" else Path(path.name)
         return (args.output / relative).with_suffix(
-            translation.image_output_suffix(relative.suffix, dtype)
+            scan_io.image_output_suffix(relative.suffix, dtype)
         )
 
     result = translation.translate_image_files(
@@ -384,11 +387,11 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     with errors_as_one_line("interrupted; no generator file was left half-written", "export"):
-        import translation
+        from checkpoints import export_generators, restore_run
 
-        run = translation.restore_run(args.checkpoint_dir)
-        export_dir = args.export_dir or args.checkpoint_dir.parent / "export"
-        paths = translation.export_generators(run.model, run.config, export_dir, epoch=run.epoch)
+        run = restore_run(args.checkpoint_dir)
+        export_dir = args.export_dir or args.checkpoint_dir.parent / EXPORT_DIR_NAME
+        paths = export_generators(run.model, run.config, export_dir, epoch=run.epoch)
     log.info(
         "Exported the generators of %s (epoch %d) to %s: %s",
         run.checkpoint,

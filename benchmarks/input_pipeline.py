@@ -85,7 +85,8 @@ def map_preprocess(config, workers: int) -> int:
     Returns how many images it preprocessed."""
     import tensorflow as tf
 
-    from data_processing import PreprocessCache, find_images
+    from data_processing import PreprocessCache
+    from scan_io import find_images
 
     cache = PreprocessCache(config.resolved_cache_dir, config)
     paths = find_images(config.data_dir_t1) + find_images(config.data_dir_t2)

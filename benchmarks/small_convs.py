@@ -5,8 +5,8 @@
 For every strided convolution and transposed convolution of the U-Net at `--size`, on a
 batch of `--batch` images, the best time of a forward and backward pass (gradients for
 the input and the kernel) with `tf.nn.conv2d` / `tf.nn.conv2d_transpose` and with
-`mri_gan.conv2d_by_matmul` / `conv2d_transpose_by_matmul`, and which form the generator
-uses (the matmul on maps of at most `mri_gan.SMALL_MAP_PIXELS` pixels and on the
+`convolutions.conv2d_by_matmul` / `conv2d_transpose_by_matmul`, and which form the generator
+uses (the matmul on maps of at most `convolutions.SMALL_MAP_PIXELS` pixels and on the
 one-channel input): this shows where that pays.
 The last line printed is the summary (one JSON object with --json).
 """
@@ -52,15 +52,18 @@ def forward_and_backward(apply, inputs, output_gradient):
 def unet_convolutions(size: int) -> list[tuple[str, int, int, int, bool]]:
     """(kind, input side, channels in, channels out, computed by matmul) of each U-Net
     convolution at `size`."""
+    import keras
+
+    import convolutions
     import mri_gan
 
     generator = mri_gan.unet_generator(size, size, "g")
-    by_matmul = (mri_gan.MatmulConv2D, mri_gan.MatmulConv2DTranspose)
+    by_matmul = (convolutions.MatmulConv2D, convolutions.MatmulConv2DTranspose)
     found = []
     for layer in generator.layers:
-        if isinstance(layer, mri_gan.layers.Conv2DTranspose):
+        if isinstance(layer, keras.layers.Conv2DTranspose):
             kind = "up"
-        elif isinstance(layer, mri_gan.layers.Conv2D):
+        elif isinstance(layer, keras.layers.Conv2D):
             kind = "down"
         else:
             continue
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tensorflow as tf
 
-    import mri_gan
+    import convolutions
 
     def stock_down(x, kernel):
         return tf.nn.conv2d(x, kernel, 2, "SAME")
@@ -92,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     forms = {
-        "down": (stock_down, lambda x, kernel: mri_gan.conv2d_by_matmul(x, kernel, 2)),
-        "up": (stock_up, lambda x, kernel: mri_gan.conv2d_transpose_by_matmul(x, kernel, 2)),
+        "down": (stock_down, lambda x, kernel: convolutions.conv2d_by_matmul(x, kernel, 2)),
+        "up": (stock_up, lambda x, kernel: convolutions.conv2d_transpose_by_matmul(x, kernel, 2)),
     }
     rows = []
     for kind, side, channels_in, channels_out, by_matmul in unet_convolutions(args.size):

@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import numpy as np
 
+    import inference
     import translation
     from mri_gan import unet_generator
 
     keras.utils.set_random_seed(0)
-    generator = translation.Generator(
+    generator = inference.Generator(
         unet_generator(args.size, args.size, "t1_to_t2"), "t1_to_t2", n4=True
     )
     volume = head_volume(args.size, args.slices)

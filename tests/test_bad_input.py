@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import data_processing as dp
+import preprocessing
 from config import TrainConfig
-from tests.conftest import head_slice, tiny_run_args, write_png_folder
+from tests.conftest import head_slice, tiny_run_args, train_in_process, write_png_folder
 from tests.test_main import run_main
 from tests.test_nifti_input import head_volume, write_volume
 
@@ -72,8 +73,10 @@ def test_odd_but_valid_images_give_finite_slices_in_the_unit_range(tmp_path, nam
 
 def test_a_4096_image_is_preprocessed_at_its_size_then_resampled(tmp_path):
     big = np.kron(head_slice(64, 24, 200, np.random.default_rng(1)), np.ones((64, 64)))
-    out = dp.preprocess_slice(big, 64, 64)
-    small = dp.preprocess_slice(head_slice(64, 24, 200, np.random.default_rng(1)), 64, 64)
+    out = preprocessing.preprocess_slice(big, 64, 64)
+    small = preprocessing.preprocess_slice(
+        head_slice(64, 24, 200, np.random.default_rng(1)), 64, 64
+    )
     # The same anatomy at 64x the pixel count gives nearly the same training slice.
     assert np.abs(out - small).mean() < 0.05
 
@@ -215,7 +218,7 @@ def test_a_dir_of_bad_volumes_is_a_one_line_error(tmp_path):
     write_volume(t1 / "air.nii.gz", np.zeros((40, 48, 12), np.float32))
     write_png_folder(tmp_path / "t2", 2, 40, 120, seed=0)
 
-    result = run_main(*tiny_run_args(t1, tmp_path / "t2", tmp_path / "out"))
+    result = train_in_process(*tiny_run_args(t1, tmp_path / "t2", tmp_path / "out"))
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: data dir {t1} holds no readable image"

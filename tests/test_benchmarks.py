@@ -1,11 +1,14 @@
 """The benchmark scripts run on a tiny size and end with their JSON summary.
 
+Those that set process-wide TensorFlow options (one inter-op thread, oneDNN's verbose
+log) run as `python -m benchmarks.X`; the others run their `main` in this process.
 Speed targets are checked by running the benchmarks, not here.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import os
 import subprocess
@@ -15,16 +18,24 @@ import pytest
 
 import mri_gan
 from benchmarks.flops import cyclegan_step_flops, forward_conv_flops, layer_forward_flops
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_process
 
 
-def run_module(*args: str) -> dict:
+def run_in_this_process(module: str, *args: str) -> dict:
+    """`python -m <module> *args --json`, run in this process: its JSON summary."""
+    result = run_in_process(importlib.import_module(module).main, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_module(*args: str, env: dict | None = None) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -59,9 +70,10 @@ def test_flop_count_of_the_256_resnet_by_hand():
     assert forward_conv_flops(mri_gan.resnet_generator(256, 256, "g")) == by_hand
 
 
-@pytest.mark.parametrize("generator", ["unet", "resnet"])
-def test_train_step_benchmark_prints_its_summary(generator):
-    summary = run_module(
+def test_train_step_benchmark_prints_its_summary():
+    # The ResNet's compiled step is the one benchmarks.onednn_kernels times below.
+    generator = "unet"
+    summary = run_in_this_process(
         "benchmarks.train_step",
         *("--generator", generator, "--size", "32", "--batch", "1"),
         *("--steps", "2", "--warmup", "1", "--sustained_seconds", "0.5"),
@@ -87,7 +99,7 @@ def test_train_step_benchmark_prints_its_summary(generator):
 
 @pytest.mark.parametrize("generator", ["unet", "resnet"])
 def test_conv_bound_benchmark_times_every_convolution_of_both_networks(generator):
-    summary = run_module(
+    summary = run_in_this_process(
         "benchmarks.conv_bound", "--generator", generator, "--size", "32", "--repeats", "1"
     )
     networks = {
@@ -113,7 +125,7 @@ def test_conv_bound_benchmark_times_every_convolution_of_both_networks(generator
 
 def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
     t1, t2 = tiny_dataset
-    summary = run_module(
+    summary = run_in_this_process(
         "benchmarks.input_pipeline",
         "--data_dir_t1",
         str(t1),
@@ -134,7 +146,7 @@ def test_input_pipeline_benchmark_prints_its_summary(tiny_dataset):
 
 
 def test_translate_volume_benchmark_prints_its_summary():
-    summary = run_module(
+    summary = run_in_this_process(
         "benchmarks.translate_volume", "--size", "32", "--slices", "4", "--batch", "2"
     )
     for key in ("forward_slices_per_s", "volume_slices_per_s_no_n4", "volume_slices_per_s_n4"):
@@ -143,7 +155,9 @@ def test_translate_volume_benchmark_prints_its_summary():
 
 
 def test_small_convs_benchmark_times_both_forms_of_every_unet_convolution():
-    summary = run_module("benchmarks.small_convs", "--size", "64", "--batch", "1", "--repeats", "1")
+    summary = run_in_this_process(
+        "benchmarks.small_convs", "--size", "64", "--batch", "1", "--repeats", "1"
+    )
     # A 64 px U-Net: 6 convolutions down, 5 transposed up, then the output layer.
     kinds = [row["kind"] for row in summary["layers"]]
     assert kinds == ["down"] * 6 + ["up"] * 6
@@ -238,11 +252,35 @@ def test_onednn_kernels_summary_counts_only_kernel_calls():
     }
 
 
+def onednn_switched(on: bool) -> dict:
+    """This process's environment with TensorFlow's oneDNN kernels turned on or off, so
+    that both paths run on every CPU (TensorFlow's default depends on AVX-512)."""
+    return {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if on else "0"}
+
+
+def test_onednn_kernels_benchmark_says_plainly_when_onednn_is_off():
+    args = ("--generator", "resnet", "--size", "32", "--steps", "1", "--warmup", "1", "--json")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.onednn_kernels", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=onednn_switched(False),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    line, document = result.stdout.strip().splitlines()  # the summary, then the JSON
+    assert "not measured" in line and "TF_ENABLE_ONEDNN_OPTS=0" in line
+    assert json.loads(document)["onednn"] is False
+
+
 def test_onednn_kernels_benchmark_times_a_real_train_steps_kernels():
     summaries = {
         steps: run_module(
             "benchmarks.onednn_kernels",
             *("--generator", "resnet", "--size", "32", "--steps", str(steps), "--warmup", "1"),
+            env=onednn_switched(True),
         )
         for steps in (1, 2)
     }

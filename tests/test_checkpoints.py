@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
+from checkpoints import RunCheckpoints
 from config import TrainConfig
 from errors import DataError
 from tests.conftest import SMALL_NETWORKS
-from training import RunCheckpoints, build_model
+from training import build_model
 
 
 def small_model(size: int = 32):
@@ -69,21 +69,20 @@ def test_an_empty_checkpoint_dir_starts_at_epoch_zero(tmp_path):
 
 
 def test_best_json_naming_older_generators_than_the_best_checkpoint_is_not_trusted(tmp_path):
-    from training import Interruption, PairedEvaluation
+    from checkpoints import BestGenerators
 
     model = small_model()
 
     def tracker():
-        return PairedEvaluation(Interruption(), None, 1, 3, model, tmp_path / "best")
+        return BestGenerators(model, tmp_path / "best")
 
     first = tracker()
-    saved = first.manager.save(checkpoint_number=1)
-    record = {"checkpoint": saved, "mean_ssim": 0.5}
-    (tmp_path / "best" / "best.json").write_text(json.dumps(record))
-    assert tracker().best == 0.5
+    assert first.score == -math.inf
+    first.save(1, {"mean_ssim": 0.5})
+    assert tracker().score == 0.5
     # Killed after saving newer best generators, before best.json named them.
     first.manager.save(checkpoint_number=2)
-    assert tracker().best == -math.inf
+    assert tracker().score == -math.inf
 
 
 def test_a_run_resumes_with_or_without_mixed_precision(tmp_path):

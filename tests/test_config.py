@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from config import TrainConfig, load_config, save_config
+from config import TrainConfig, load_config, save_config, tf_config_problem
 
 
 def test_config_round_trips_through_json(tmp_path):
@@ -33,3 +33,14 @@ def test_training_on_the_demo_data_scores_the_demo_test_set(monkeypatch):
     assert other.resolved_test_dirs is None
     chosen = TrainConfig(test_dir_t1=Path("a"), test_dir_t2=Path("b"))
     assert chosen.resolved_test_dirs == (Path("a"), Path("b"))
+
+
+def test_tf_config_is_checked_as_tensorflow_reads_it():
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for index in (0, 1, "1"):  # TensorFlow reads a string index as a number
+        spec = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        assert tf_config_problem(json.dumps(spec)) is None
+    outside = {"cluster": cluster, "task": {"type": "worker", "index": 2}}
+    assert "task worker 2 is not one of the cluster's 2" in tf_config_problem(json.dumps(outside))
+    assert "Expecting value" in tf_config_problem('{"cluster": ')
+    assert tf_config_problem("{}") is None

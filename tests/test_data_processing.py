@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 import data_processing as dp
+import preprocessing
+import scan_io
 from config import TrainConfig
 from tests.conftest import head_slice, write_png_folder
 
@@ -29,7 +31,7 @@ def test_find_images_searches_recursively_sorted_and_ignores_other_files(tmp_pat
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "folder.png").mkdir()  # a directory with an image name is not an image
 
-    found = dp.find_images(tmp_path)
+    found = scan_io.find_images(tmp_path)
 
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "a/0.jpg",
@@ -50,7 +52,7 @@ def test_find_images_searches_recursively_sorted_and_ignores_other_files(tmp_pat
 def test_find_images_refuses_unusable_dirs_naming_them(tmp_path, make, message):
     data_dir = make(tmp_path)
     with pytest.raises(dp.DataError, match=message) as caught:
-        dp.find_images(data_dir)
+        scan_io.find_images(data_dir)
     assert str(data_dir) in str(caught.value)
 
 
@@ -63,7 +65,7 @@ def test_read_grayscale_keeps_16_bit_png_values(tmp_path):
     Image.fromarray(image).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
 
-    array = dp.read_grayscale(tmp_path / "deep.png")
+    array = scan_io.read_grayscale(tmp_path / "deep.png")
 
     assert array.dtype == np.float32
     np.testing.assert_array_equal(array, image.astype(np.float32))
@@ -75,8 +77,8 @@ def test_read_grayscale_keeps_16_bit_and_float_tiff(tmp_path):
     real = np.linspace(-1.5, 2000.25, 400, dtype=np.float32).reshape(20, 20)
     Image.fromarray(real, mode="F").save(tmp_path / "real.tiff")
 
-    np.testing.assert_array_equal(dp.read_grayscale(tmp_path / "deep.tif"), deep)
-    np.testing.assert_array_equal(dp.read_grayscale(tmp_path / "real.tiff"), real)
+    np.testing.assert_array_equal(scan_io.read_grayscale(tmp_path / "deep.tif"), deep)
+    np.testing.assert_array_equal(scan_io.read_grayscale(tmp_path / "real.tiff"), real)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "LA"])
@@ -85,7 +87,7 @@ def test_read_grayscale_turns_colour_palette_and_bilevel_into_one_channel(tmp_pa
     gray[5:15, 6:18] = 255
     Image.fromarray(gray).convert(mode).save(tmp_path / "image.png")
 
-    array = dp.read_grayscale(tmp_path / "image.png")
+    array = scan_io.read_grayscale(tmp_path / "image.png")
 
     assert array.shape == (20, 24)
     assert array[10, 10] == 255 and array[0, 0] == 0
@@ -101,7 +103,7 @@ def test_read_grayscale_turns_colour_palette_and_bilevel_into_one_channel(tmp_pa
 def test_read_grayscale_rejects_non_images_with_a_reason(tmp_path, content, reason):
     (tmp_path / "bad.png").write_bytes(content)
     with pytest.raises(ValueError, match=reason):
-        dp.read_grayscale(tmp_path / "bad.png")
+        scan_io.read_grayscale(tmp_path / "bad.png")
 
 
 def test_read_grayscale_rejects_tiny_and_non_finite_images(tmp_path):
@@ -111,9 +113,9 @@ def test_read_grayscale_rejects_tiny_and_non_finite_images(tmp_path):
     Image.fromarray(nan, mode="F").save(tmp_path / "nan.tif")
 
     with pytest.raises(ValueError, match="smaller than 16 px"):
-        dp.read_grayscale(tmp_path / "tiny.png")
+        scan_io.read_grayscale(tmp_path / "tiny.png")
     with pytest.raises(ValueError, match="NaN or Inf"):
-        dp.read_grayscale(tmp_path / "nan.tif")
+        scan_io.read_grayscale(tmp_path / "nan.tif")
 
 
 # --- preprocessing ---------------------------------------------------------------------
@@ -123,17 +125,18 @@ def test_normalize_intensity_maps_min_to_0_and_percentile_to_1():
     array = np.array([[10.0, 20.0], [30.0, 110.0]], np.float32)
     # With upper_percentile=100 the maximum maps to 1: (x - 10) / 100.
     np.testing.assert_allclose(
-        dp.normalize_intensity(array, upper_percentile=100), [[0.0, 0.1], [0.2, 1.0]]
+        preprocessing.normalize_intensity(array, upper_percentile=100), [[0.0, 0.1], [0.2, 1.0]]
     )
     # A mask sets the scale from the masked values only; the rest is clipped.
     mask = np.array([[False, True], [True, False]])
     np.testing.assert_allclose(
-        dp.normalize_intensity(array, mask, upper_percentile=100), [[0.0, 0.5], [1.0, 1.0]]
+        preprocessing.normalize_intensity(array, mask, upper_percentile=100),
+        [[0.0, 0.5], [1.0, 1.0]],
     )
 
 
 def test_normalize_intensity_of_a_constant_image_is_zero_not_nan():
-    out = dp.normalize_intensity(np.full((4, 4), 7.0, np.float32))
+    out = preprocessing.normalize_intensity(np.full((4, 4), 7.0, np.float32))
     assert np.all(out == 0)
 
 
@@ -142,7 +145,7 @@ def test_preprocess_slice_gives_target_shape_in_unit_range(tmp_path):
     # A non-square 16-bit-range slice with a smooth bias field across it.
     image = head_slice(60, 22, 3000, rng)[:, :48] * np.linspace(0.6, 1.4, 48)
 
-    out = dp.preprocess_slice(image, 32, 48)
+    out = preprocessing.preprocess_slice(image, 32, 48)
 
     assert out.shape == (32, 48) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
@@ -161,8 +164,8 @@ def test_n4_flattens_a_bias_field():
     def left_right_ratio(out):
         return out[right].mean() / out[left].mean()
 
-    without = dp.preprocess_slice(biased, 96, 96, n4=False)
-    corrected = dp.preprocess_slice(biased, 96, 96, n4=True)
+    without = preprocessing.preprocess_slice(biased, 96, 96, n4=False)
+    corrected = preprocessing.preprocess_slice(biased, 96, 96, n4=True)
 
     assert left_right_ratio(without) > 1.5
     assert abs(left_right_ratio(corrected) - 1.0) < abs(left_right_ratio(without) - 1.0) / 2
@@ -170,7 +173,7 @@ def test_n4_flattens_a_bias_field():
 
 @pytest.mark.parametrize("value", [0.0, 255.0])
 def test_preprocess_slice_of_a_constant_image_is_finite_zero(value):
-    out = dp.preprocess_slice(np.full((40, 40), value, np.float32), 32, 32)
+    out = preprocessing.preprocess_slice(np.full((40, 40), value, np.float32), 32, 32)
     assert np.isfinite(out).all() and np.all(out == 0)
 
 
@@ -263,6 +266,8 @@ def test_sample_images_are_the_first_files_preprocessed(tiny_dataset, tmp_path):
 
     samples = dp.sample_images(scan.entries, cache, 2)
 
-    expected = dp.preprocess_slice(dp.read_grayscale(scan.entries[1].path), 32, 32) * 2 - 1
+    expected = (
+        preprocessing.preprocess_slice(scan_io.read_grayscale(scan.entries[1].path), 32, 32) * 2 - 1
+    )
     assert samples.shape == (2, 32, 32, 1)
     np.testing.assert_allclose(samples[1, ..., 0], expected, atol=1e-6)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_run_args
+from tests.conftest import tiny_run_args, train_in_process
 from tests.test_main import history_rows, run_main
 
 
@@ -24,8 +23,9 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, ti
     t1, t2 = tiny_dataset
     output = tmp_path / "run"
     common = tiny_run_args(t1, t2, output)
-    assert run_main(*common, "--epochs", "1").returncode == 0
+    assert train_in_process(*common, "--epochs", "1").returncode == 0
 
+    # A process of its own: the file-size limit must not reach this one.
     full = run_main(*common, "--epochs", "2", preexec_fn=limit_file_size)
 
     assert full.returncode == 1, full.stderr
@@ -34,12 +34,9 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, ti
     assert "File too large" in last_line and "ckpt-1) is intact" in last_line
     assert "Traceback" not in full.stderr
     assert not list((output / "checkpoints").glob("ckpt-2*"))
-
-    resumed = run_main(*common, "--epochs", "2")
-
-    assert resumed.returncode == 0, resumed.stderr
-    assert "1 of 2 epochs done, continuing at epoch 2" in resumed.stdout + resumed.stderr
-    assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
+    # The rerun resumes from ckpt-1, as after a kill while checkpoint 2 was written
+    # (tests/test_kill.py).
+    assert tf.train.latest_checkpoint(str(output / "checkpoints")).endswith("ckpt-1")
 
 
 @pytest.mark.parametrize(
@@ -58,7 +55,7 @@ def test_a_full_disk_while_writing_history_figure_or_cache_is_one_line(
     output = tmp_path / "run"
     common = tiny_run_args(t1, t2, output)
 
-    full = run_main(*common, "--epochs", "2", env={**os.environ, "MRI_GAN_TEST_DISK_FULL": point})
+    full = train_in_process(*common, "--epochs", "2", env={"MRI_GAN_TEST_DISK_FULL": point})
 
     assert full.returncode == 1, full.stderr
     last_line = full.stderr.strip().splitlines()[-1]
@@ -71,7 +68,11 @@ def test_a_full_disk_while_writing_history_figure_or_cache_is_one_line(
         reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(output / "checkpoints")))
         assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 1
 
-    resumed = run_main(*common, "--epochs", "2")
+    if point == "rename:history.csv@2":
+        # The rerun completes. After a failed figure or cache write it starts from the
+        # state a kill before the checkpoint or in preprocessing leaves, which
+        # tests/test_kill.py resumes from.
+        resumed = train_in_process(*common, "--epochs", "2")
 
-    assert resumed.returncode == 0, resumed.stderr
-    assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
+        assert resumed.returncode == 0, resumed.stderr
+        assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, BackgroundMain, tiny_run_args
+from tests.conftest import REPO, BackgroundMain, default_threads_environment, tiny_run_args
 
 
 def test_mirrored_over_two_devices_gives_the_single_device_losses_and_weights():
@@ -68,7 +68,7 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_dataset, tmp_
                         *("--strategy", "multiworker", "--epochs", "1", "--eval_every", "0"),
                     ],
                     tmp_path / f"worker{index}",
-                    env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                    env=default_threads_environment(TF_CONFIG=json.dumps(config)),
                 )
             )
         # Both watched at once: a worker that fails leaves its partner waiting, and the

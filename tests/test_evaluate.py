@@ -19,13 +19,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import evaluate
 import evaluation
 import metrics
+from checkpoints import make_checkpoint, restore_run
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import PreprocessCache
+from directions import DIRECTIONS
 from errors import DataError
-from tests.conftest import REPO, write_png_folder
-from training import build_model, make_checkpoint
+from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, write_png_folder
+from training import build_model
 
 SIZE = 32
 
@@ -253,6 +256,7 @@ def run(tmp_path_factory) -> Run:
         img_height=SIZE,
         img_width=SIZE,
         output_dir=root / "run",
+        **SMALL_NETWORKS,
     )
     keras.utils.set_random_seed(0)
     model = build_model(config)
@@ -285,14 +289,14 @@ def test_cli_writes_a_row_per_slice_direction_and_method_and_a_summary(run):
         rows = list(csv.DictReader(stream))
     assert len(rows) == 3 * 2 * 3  # pairs x directions x methods
     assert {(row["direction"], row["method"]) for row in rows} == {
-        (direction, method) for direction in evaluation.DIRECTIONS for method in evaluation.METHODS
+        (direction, method) for direction in DIRECTIONS for method in evaluation.METHODS
     }
     assert set(metrics.METRIC_NAMES) <= set(rows[0])
     assert all(0.0 <= float(row["masked_mae"]) <= 1.0 for row in rows)
 
     document = json.loads((run.output_dir / "metrics.json").read_text())
     assert document["n_pairs"] == 3 and document["epoch"] == 1
-    for direction in evaluation.DIRECTIONS:
+    for direction in DIRECTIONS:
         for method in evaluation.METHODS:
             for name in metrics.METRIC_NAMES:
                 assert set(document["metrics"][direction][method][name]) == {"mean", "std"}
@@ -314,13 +318,13 @@ def test_cli_scores_the_restored_generators_as_the_model_in_memory_scores(run):
     images = evaluation.load_pairs(evaluation.pair_files(run.test_t1, run.test_t2).pairs, cache)
     summary = evaluation.evaluate_pairs(run.model, images, baselines=False).summary()
     document = json.loads((run.output_dir / "metrics.json").read_text())
-    for direction in evaluation.DIRECTIONS:
+    for direction in DIRECTIONS:
         for name in metrics.METRIC_NAMES:
             assert document["metrics"][direction]["model"][name]["mean"] == pytest.approx(
                 summary[f"{direction}_{name}"], abs=1e-4
             )
     assert tuple(summary) == evaluation.SUMMARY_KEYS
-    directions = list(evaluation.DIRECTIONS)
+    directions = list(DIRECTIONS)
     assert summary["mean_ssim"] == pytest.approx(
         np.mean([summary[f"{d}_ssim"] for d in directions])
     )
@@ -337,9 +341,11 @@ def test_a_checkpoint_of_another_image_size_is_refused(run, tmp_path):
     (other / "checkpoints").mkdir(parents=True)
     for path in run.config.checkpoint_dir.iterdir():
         (other / "checkpoints" / path.name).write_bytes(path.read_bytes())
-    save_config(TrainConfig(img_height=64, img_width=64), other / CONFIG_FILE_NAME)
+    save_config(
+        TrainConfig(img_height=64, img_width=64, **SMALL_NETWORKS), other / CONFIG_FILE_NAME
+    )
     with pytest.raises(DataError, match="does not fit the 64x64"):
-        evaluation.load_generators(other / "checkpoints")
+        restore_run(other / "checkpoints")
 
 
 @pytest.mark.parametrize("case", ["missing test dir", "no checkpoint", "no pairs"])
@@ -355,7 +361,8 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(run, tmp_path, case):
         for path in (tmp_path / "other").iterdir():
             path.rename(path.with_name(f"other_{path.name}"))
         test_t2 = tmp_path / "other"
-    result = evaluate_command(
+    result = run_in_process(
+        evaluate.main,
         "--checkpoint_dir",
         str(checkpoint_dir),
         "--test_dir_t1",

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_run_args
+from checkpoints import RunCheckpoints
+from tests.conftest import REPO, tiny_run_args, train_in_process
 from tests.test_checkpoints import small_model
-from tests.test_main import run_main
-from training import RunCheckpoints
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 2  # 4 images per contrast in batches of 2
@@ -122,7 +121,7 @@ def test_sigkill_at_five_points_then_the_run_completes_consistently(tmp_path, ti
     assert (output / "export" / "t1_to_t2.keras").is_file()
     assert not (output / "export" / "model.json").exists()
 
-    final = run_main(*args)
+    final = train_in_process(*args)
 
     assert final.returncode == 0, final.stderr
     assert "Training already finished: 3 of 3 epochs done" in final.stderr
@@ -157,7 +156,8 @@ KILLED_WHILE_WRITING = """
 import os, signal, sys, threading
 from pathlib import Path
 from config import TrainConfig
-from training import RunCheckpoints, build_model
+from checkpoints import RunCheckpoints
+from training import build_model
 
 directory = Path(sys.argv[1])
 config = TrainConfig(img_height=32, img_width=32, generator_filters=8, critic_filters=8)

@@ -1,4 +1,5 @@
-"""The command line, end to end: real subprocess runs of main.py."""
+"""The command line, end to end: main.py's argument checks as real subprocess runs, and
+training runs through `main.main` in this process (`tests.conftest.train_in_process`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from config import load_config
 from main import parse_config
-from tests.conftest import REPO, tiny_run_args, write_png_folder
+from tests.conftest import REPO, run_in_process, tiny_run_args, train_in_process, write_png_folder
 
 
 def run_main(*args: str, timeout: float = 600, **how) -> subprocess.CompletedProcess:
@@ -98,37 +99,67 @@ def history_rows(output: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_dataset):
+def test_train_and_score_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_dataset):
     t1, t2 = tiny_dataset
     # A bad file among good ones: skipped with a warning naming it, training goes on.
     (t2 / "broken.png").write_text("not a png")
+    test_t1, test_t2 = tmp_path / "Test" / "T1", tmp_path / "Test" / "T2"
+    write_png_folder(test_t1, 3, 40, 200, seed=7)
+    write_png_folder(test_t2, 3, 40, 120, seed=7)
     output = tmp_path / "run"
-    common = tiny_run_args(t1, t2, output)
+    common = [
+        *tiny_run_args(t1, t2, output, n4=True),
+        *("--test_dir_t1", str(test_t1), "--test_dir_t2", str(test_t2), "--eval_every", "1"),
+    ]
 
-    first = run_main(*common, "--epochs", "2")
+    first = train_in_process(*common, "--epochs", "2")
 
     assert first.returncode == 0, first.stderr
     log = first.stdout + first.stderr
     assert f"skipped {t2 / 'broken.png'}: not an image" in log
     assert "T2: 4 images used, 1 skipped (1 not an image)" in log
-    assert "8 images preprocessed" in log
+    assert "14 images preprocessed" in log  # 8 training images and 3 test pairs
     assert sorted(p.name for p in (output / "epochs").iterdir()) == [
         "epoch_001.png",
         "epoch_002.png",
     ]
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert load_config(output / "config.json").image_shape == (32, 32)
-    assert [row["epoch"] for row in history_rows(output)] == ["1", "2"]
-    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(
-        history_rows(output)[0]
-    )
+    rows = history_rows(output)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(rows[0])
     cache_files = {p: p.stat().st_mtime_ns for p in (output / "cache").glob("*.npy")}
-    assert len(cache_files) == 8
+    assert len(cache_files) == 14
     with Image.open(output / "training.gif") as gif:
         assert gif.n_frames == 2
     assert (output / "loss_curves.png").is_file()
+    assert list((output / "tensorboard").rglob("events.out.tfevents.*"))
 
-    second = run_main(*common, "--epochs", "3")
+    # The test set, scored each epoch: its means in the history, the best generators kept.
+    for row in rows:
+        assert 0 < float(row["learning_rate"]) and -1 <= float(row["mean_ssim"]) <= 1
+        assert float(row["t1_to_t2_psnr"]) > 0 and float(row["t2_to_t1_mae"]) >= 0
+    best = json.loads((output / "checkpoints" / "best" / "best.json").read_text())
+    # history.csv keeps 6 significant digits.
+    assert best["mean_ssim"] == pytest.approx(
+        max(float(row["mean_ssim"]) for row in rows), abs=1e-5
+    )
+    assert str(best["epoch"]) == max(rows, key=lambda row: float(row["mean_ssim"]))["epoch"]
+    import evaluate
+
+    scored = run_in_process(
+        evaluate.main,
+        *("--checkpoint_dir", str(output / "checkpoints" / "best")),
+        *("--test_dir_t1", str(test_t1), "--test_dir_t2", str(test_t2)),
+        *("--output_dir", str(tmp_path / "evaluation")),
+    )
+    assert scored.returncode == 0, scored.stderr
+    summary = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert summary["metrics"]["t1_to_t2"]["model"]["ssim"]["mean"] == pytest.approx(
+        float(best["t1_to_t2_ssim"]), abs=1e-4
+    )
+
+    second = train_in_process(*common, "--epochs", "3")
 
     assert second.returncode == 0, second.stderr
     log = second.stdout + second.stderr
@@ -141,58 +172,8 @@ def test_train_two_epochs_then_resume_to_three_using_the_cache(tmp_path, tiny_da
     with Image.open(output / "training.gif") as gif:
         assert gif.n_frames == 3
 
-    third = run_main(*common, "--epochs", "3")
+    third = train_in_process(*common, "--epochs", "3")
 
     assert third.returncode == 0, third.stderr
     assert "Training already finished: 3 of 3 epochs done" in third.stdout + third.stderr
     assert [row["epoch"] for row in history_rows(output)] == ["1", "2", "3"]
-
-
-def test_scoring_during_training_keeps_the_best_generators(tmp_path, tiny_dataset):
-    t1, t2 = tiny_dataset
-    test_t1, test_t2 = tmp_path / "Test" / "T1", tmp_path / "Test" / "T2"
-    write_png_folder(test_t1, 3, 40, 200, seed=7)
-    write_png_folder(test_t2, 3, 40, 120, seed=7)
-    output = tmp_path / "run"
-    common = tiny_run_args(t1, t2, output)
-    scoring = ["--test_dir_t1", str(test_t1), "--test_dir_t2", str(test_t2), "--eval_every", "1"]
-
-    result = run_main(*common, *scoring, "--epochs", "2")
-
-    assert result.returncode == 0, result.stderr
-    rows = history_rows(output)
-    assert [row["epoch"] for row in rows] == ["1", "2"]
-    for row in rows:
-        assert 0 < float(row["learning_rate"]) and -1 <= float(row["mean_ssim"]) <= 1
-        assert float(row["t1_to_t2_psnr"]) > 0 and float(row["t2_to_t1_mae"]) >= 0
-    best = json.loads((output / "checkpoints" / "best" / "best.json").read_text())
-    # history.csv keeps 6 significant digits.
-    assert best["mean_ssim"] == pytest.approx(
-        max(float(row["mean_ssim"]) for row in rows), abs=1e-5
-    )
-    assert str(best["epoch"]) == max(rows, key=lambda row: float(row["mean_ssim"]))["epoch"]
-    assert list((output / "tensorboard").rglob("events.out.tfevents.*"))
-
-    scored = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "evaluate.py"),
-            "--checkpoint_dir",
-            str(output / "checkpoints" / "best"),
-            "--test_dir_t1",
-            str(test_t1),
-            "--test_dir_t2",
-            str(test_t2),
-            "--output_dir",
-            str(tmp_path / "evaluation"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert scored.returncode == 0, scored.stderr
-    summary = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
-    assert summary["metrics"]["t1_to_t2"]["model"]["ssim"]["mean"] == pytest.approx(
-        float(best["t1_to_t2_ssim"]), abs=1e-4
-    )

@@ -15,10 +15,9 @@ import pytest
 
 import data_processing as dp
 import preprocessing
-import translation
+import volumes
 from config import TrainConfig
-from tests.conftest import tiny_run_args, write_png_folder
-from tests.test_main import run_main
+from tests.conftest import tiny_run_args, train_in_process, write_png_folder
 
 SHAPE = (40, 48, 12)
 HEAD_SLICES = tuple(range(2, 10))
@@ -68,7 +67,7 @@ def test_volume_slices_are_cut_as_translation_shows_them_and_empty_ones_skipped(
     assert slices.shape == (8, 32, 32) and slices.dtype == np.float32
     assert slices.min() >= 0 and slices.max() <= 1
     # Exactly translation's view of the volume, normalized over the volume and resampled.
-    view = translation.generator_view(volume, AFFINE)
+    view = volumes.generator_view(volume, AFFINE)
     mask = preprocessing.foreground_mask(view)
     normalized = preprocessing.normalize_intensity(view, mask)
     for index, got in zip(HEAD_SLICES, slices, strict=True):
@@ -200,7 +199,7 @@ def test_training_on_nifti_dirs_end_to_end(tmp_path):
     write_volume(t2 / "sub-02_T2w.nii.gz", head_volume(2, brightness=300))
 
     # N4 is covered above; without it this run is quick.
-    result = run_main(*tiny_run_args(t1, t2, tmp_path / "out"), "--epochs", "1", "--no_n4")
+    result = train_in_process(*tiny_run_args(t1, t2, tmp_path / "out"), "--epochs", "1")
 
     assert result.returncode == 0, result.stderr
     assert "T1: 8 images used (8 slices of 1 volume), 0 skipped" in result.stderr

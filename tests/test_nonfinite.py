@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from callbacks import NonFiniteGuard
 from config import TrainConfig
 from tests.conftest import SMALL_NETWORKS
-from training import NonFiniteGuard, build_model
+from training import build_model
 
 
 def weights_of(model) -> list[np.ndarray]:

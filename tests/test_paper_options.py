@@ -3,26 +3,19 @@ learning-rate decay, jitter; and the GPU switches (mixed precision, XLA) run on 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoints
+import history_pool
 import mri_gan
-import translation
+from callbacks import LearningRateLog, LinearDecay, decayed_learning_rate
 from config import TrainConfig
 from data_processing import jitter
-from tests.conftest import REPO, SMALL_NETWORKS, tiny_run_args
-from training import (
-    LearningRateLog,
-    LinearDecay,
-    build_model,
-    decayed_learning_rate,
-    make_strategy,
-)
+from tests.conftest import SMALL_NETWORKS, tiny_run_args, train_in_process
+from training import build_model, make_strategy
 
 SMALL = {"img_height": 32, "img_width": 32, **SMALL_NETWORKS}
 
@@ -80,7 +73,7 @@ def test_query_pool_against_hand_computed_values():
     coins = tf.constant([0.9, 0.9, 0.2, 0.7])
     slots = tf.constant([0, 0, 1, 0])
 
-    returned, stored, count = mri_gan.query_pool(stored, tf.constant(0), images, coins, slots)
+    returned, stored, count = history_pool.query_pool(stored, tf.constant(0), images, coins, slots)
 
     # 1 and 2 fill the pool and pass; 3 swaps with slot 1 (returns 2); 4 passes.
     assert returned.numpy().ravel().tolist() == [1.0, 2.0, 2.0, 4.0]
@@ -89,7 +82,7 @@ def test_query_pool_against_hand_computed_values():
 
 
 def test_history_pool_returns_new_fakes_while_filling_then_keeps_the_size():
-    pool = mri_gan.HistoryPool(3, (4, 4, 1), "pool")
+    pool = history_pool.HistoryPool(3, (4, 4, 1), "pool")
     first = tf.random.uniform((2, 4, 4, 1), seed=1)
     second = tf.random.uniform((2, 4, 4, 1), seed=2)
 
@@ -172,7 +165,7 @@ def test_mixed_precision_builds_and_trains_on_cpu_and_exports_float32(tmp_path):
     weights = [v for n in model.generators for v in n.trainable_variables]
     assert all(v.dtype == "float32" and np.isfinite(v.numpy()).all() for v in weights)
 
-    paths = translation.export_generators(model, config, tmp_path)
+    paths = checkpoints.export_generators(model, config, tmp_path)
     exported = keras.models.load_model(paths["t1_to_t2"], safe_mode=True)
     assert exported.layers[1].compute_dtype == "float32"
     np.testing.assert_allclose(
@@ -220,20 +213,14 @@ def test_main_trains_the_paper_options_end_to_end(tiny_dataset, tmp_path):
         *("--generator", "resnet", "--upsample", "resize", "--augment"),
         *("--pool_size", "3", "--epochs", "2", "--decay_epochs", "1", "--eval_every", "0"),
     ]
-    done = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), *tiny_run_args(t1, t2, output), *flags],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    done = train_in_process(*tiny_run_args(t1, t2, output), *flags)
 
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (output / "history.csv").read_text().splitlines()
     header = rows[0].split(",")
     rates = [float(row.split(",")[header.index("learning_rate")]) for row in rows[1:]]
     assert rates == pytest.approx([2e-4, 1e-4])
-    restored = translation.restore_run(output / "checkpoints")
+    restored = checkpoints.restore_run(output / "checkpoints")
     layers = restored.model.t1_to_t2.layers
     assert any(isinstance(layer, mri_gan.ReflectionPadding2D) for layer in layers)
     assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in layers)

@@ -25,12 +25,17 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+import checkpoints
+import files
+import scan_io
 import translation
+import volumes
+from checkpoints import make_checkpoint
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from errors import DataError
 from mri_gan import CycleGan
-from tests.conftest import REPO
-from training import build_model, make_checkpoint
+from tests.conftest import REPO, SMALL_NETWORKS
+from training import build_model
 
 SIZE = 32
 
@@ -51,7 +56,12 @@ class Run:
 def run(tmp_path_factory) -> Run:
     """A 32x32 CycleGAN saved as training does: checkpoint at epoch 3 and config.json."""
     keras.utils.set_random_seed(0)
-    config = TrainConfig(img_height=SIZE, img_width=SIZE, output_dir=tmp_path_factory.mktemp("run"))
+    config = TrainConfig(
+        img_height=SIZE,
+        img_width=SIZE,
+        output_dir=tmp_path_factory.mktemp("run"),
+        **SMALL_NETWORKS,
+    )
     model = build_model(config)
     epoch = tf.Variable(3, dtype=tf.int64, trainable=False)
     manager = tf.train.CheckpointManager(
@@ -65,7 +75,7 @@ def run(tmp_path_factory) -> Run:
 @pytest.fixture(scope="module")
 def export_dir(run: Run) -> Path:
     directory = run.config.output_dir / "export"
-    translation.export_generators(run.model, run.config, directory, epoch=3)
+    checkpoints.export_generators(run.model, run.config, directory, epoch=3)
     return directory
 
 
@@ -130,7 +140,7 @@ def test_export_loads_in_safe_mode_and_gives_the_same_outputs(run, export_dir):
 
 def test_the_n4_setting_of_training_travels_with_the_export(run, tmp_path):
     without_n4 = dataclasses.replace(run.config, n4=False)
-    translation.export_generators(run.model, without_n4, tmp_path / "export")
+    checkpoints.export_generators(run.model, without_n4, tmp_path / "export")
 
     assert translation.load_generator(tmp_path / "export", "t1_to_t2").n4 is False
 
@@ -149,7 +159,7 @@ def test_a_file_that_is_not_a_keras_model_is_refused(tmp_path):
 
 def test_an_exported_model_that_disagrees_with_model_json_is_refused(run, tmp_path):
     other = tmp_path / "export"
-    translation.export_generators(run.model, run.config, other)
+    checkpoints.export_generators(run.model, run.config, other)
     info = json.loads((other / "model.json").read_text())
     (other / "model.json").write_text(json.dumps({**info, "img_height": 64}))
 
@@ -174,11 +184,11 @@ def test_a_volume_keeps_shape_affine_header_and_background(run, tmp_path):
     source = tmp_path / "t1.nii.gz"
     volume = head_volume()
     nib.save(nifti(volume, oblique_affine()), source)
-    image = translation.read_nifti(source)
+    image = scan_io.read_nifti(source)
     generator = translation.load_generator(run.checkpoint_dir, "t1_to_t2")
 
     translated = translation.translate_volume(generator, image, n4=False, batch_size=3)
-    translation.write_nifti(translated, tmp_path / "t2.nii.gz")
+    scan_io.write_nifti(translated, tmp_path / "t2.nii.gz")
     written = nib.load(tmp_path / "t2.nii.gz")
     unit = translation.translate_volume(generator, image, n4=False, intensity="unit")
 
@@ -228,7 +238,7 @@ def test_slices_face_the_generator_as_the_training_pngs_were_made():
     volume = nib.load(REPO / "dataset" / "Test" / "volumes" / "sub-21_T1w.nii.gz")
     png = np.asarray(Image.open(REPO / "dataset" / "Test" / "T1" / "sub-21_z042.png"))
 
-    view = translation.generator_view(np.asarray(volume.dataobj), volume.affine)[42 - 30]
+    view = volumes.generator_view(np.asarray(volume.dataobj), volume.affine)[42 - 30]
 
     rows, columns = view.shape
     matches = [
@@ -245,9 +255,9 @@ def test_the_generator_view_goes_back_to_the_voxel_order(axis):
     volume = np.random.default_rng(7).normal(size=(6, 7, 8))
     affine = oblique_affine()[:, [2, 0, 1, 3]]  # voxel axes in S, L, A order
 
-    view = translation.generator_view(volume, affine, axis)
+    view = volumes.generator_view(volume, affine, axis)
 
-    np.testing.assert_array_equal(translation.from_generator_view(view, affine, axis), volume)
+    np.testing.assert_array_equal(volumes.from_generator_view(view, affine, axis), volume)
     expected_slices = {"axial": 6, "coronal": 8, "sagittal": 7, 0: 6, 1: 7, 2: 8}[axis]
     assert view.shape[0] == expected_slices
 
@@ -299,7 +309,7 @@ def test_float32_output_is_a_tiff_in_unit_range(run, tmp_path):
 
     def output_path(path: Path, dtype: str) -> Path:
         return (tmp_path / "out" / path.name).with_suffix(
-            translation.image_output_suffix(path.suffix, dtype)
+            scan_io.image_output_suffix(path.suffix, dtype)
         )
 
     translation.translate_image_files(
@@ -363,7 +373,7 @@ def test_a_dicom_series_is_read_in_slice_order_with_its_geometry(tmp_path, plane
     orientation, _ = ORIENTATIONS[plane]
     expected = write_dicom_series(tmp_path / "series", orientation)
 
-    image = translation.read_dicom_series(tmp_path / "series")
+    image = scan_io.read_dicom_series(tmp_path / "series")
 
     data = image.get_fdata()
     assert data.shape == (32, 24, 5)  # columns, rows, slices
@@ -388,15 +398,15 @@ def test_a_dicom_series_is_read_in_slice_order_with_its_geometry(tmp_path, plane
 
 def test_a_dicom_series_written_back_keeps_geometry_and_values(tmp_path):
     write_dicom_series(tmp_path / "series", ORIENTATIONS["axial"][0])
-    image = translation.read_dicom_series(tmp_path / "series")
+    image = scan_io.read_dicom_series(tmp_path / "series")
     values = image.get_fdata() * 1.37 + 5.0  # any float volume of the same geometry
     result = nib.Nifti1Image(values.astype(np.float32), image.affine)
 
-    files = translation.write_dicom_series(
+    files = scan_io.write_dicom_series(
         result, tmp_path / "series", tmp_path / "out", "synthetic T2w"
     )
 
-    reread = translation.read_dicom_series(tmp_path / "out")
+    reread = scan_io.read_dicom_series(tmp_path / "out")
     slope = (values.max() - values.min()) / 65535
     np.testing.assert_allclose(reread.get_fdata(), values, atol=slope)
     np.testing.assert_allclose(reread.affine, image.affine, atol=1e-6)
@@ -409,7 +419,7 @@ def test_a_dicom_series_written_back_keeps_geometry_and_values(tmp_path):
 def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out" / "volume.nii.gz"
 
-    with pytest.raises(RuntimeError), translation.atomic_path(target) as temporary:
+    with pytest.raises(RuntimeError), files.atomic_path(target) as temporary:
         temporary.write_bytes(b"half a vol")
         raise RuntimeError("disk full")
 
@@ -467,7 +477,8 @@ def cli(
     wrong = root / "wrong_size"
     shutil.copytree(run.checkpoint_dir, wrong / "checkpoints")
     save_config(
-        TrainConfig(img_height=64, img_width=64, output_dir=wrong), wrong / CONFIG_FILE_NAME
+        TrainConfig(img_height=64, img_width=64, output_dir=wrong, **SMALL_NETWORKS),
+        wrong / CONFIG_FILE_NAME,
     )
     shutil.copytree(run.checkpoint_dir, root / "run" / "checkpoints")
     shutil.copy(run.config.output_dir / CONFIG_FILE_NAME, root / "run" / CONFIG_FILE_NAME)
@@ -563,7 +574,7 @@ def test_bad_input_is_a_one_line_error_and_leaves_nothing(cli, name):
 
 def test_cli_translates_a_dicom_series_from_a_checkpoint(cli):
     case, result = cli["dicom_from_checkpoint"]
-    source = translation.read_dicom_series(Path(case.args[case.args.index("--input") + 1]))
+    source = scan_io.read_dicom_series(Path(case.args[case.args.index("--input") + 1]))
 
     assert result.returncode == 0, result.stderr
     assert "Translated 5 of 5 slices" in result.stderr
@@ -571,7 +582,7 @@ def test_cli_translates_a_dicom_series_from_a_checkpoint(cli):
     assert written.shape == source.shape and written.get_fdata().std() > 0
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
     assert written.header.get_sform(coded=True)[1] == 1
-    as_dicom = translation.read_dicom_series(case.output.with_name("t2_dicom"))
+    as_dicom = scan_io.read_dicom_series(case.output.with_name("t2_dicom"))
     np.testing.assert_allclose(as_dicom.affine, source.affine, atol=1e-5)
     spread = float(written.get_fdata().max() - written.get_fdata().min())
     np.testing.assert_allclose(as_dicom.get_fdata(), written.get_fdata(), atol=spread / 65535)

@@ -1,0 +1,167 @@
+"""A trained generator, ready to use: loaded from an export or a checkpoint, and run in
+batches. The one inference path of translation, evaluation and training's scoring.
+
+    generator = load_generator("output/export/t1_to_t2.keras")
+    translated = generator.translate_unit(images)  # (N, H, W) in [0, 1] -> the same
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# checkpoints imports mri_gan, which registers its layers: `.keras` files load in safe mode.
+from checkpoints import MODEL_INFO_NAME, read_model_info, restore_run
+from config import default_of, image_size_problem
+from directions import DIRECTIONS
+from errors import DataError, first_line
+
+log = logging.getLogger(__name__)
+
+# Slices per forward pass: small enough for a 256 px U-Net on a laptop.
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(eq=False)
+class Generator:
+    """A trained generator and how its inputs were prepared in training.
+
+    model: (batch, img_height, img_width, 1) float32 in [-1, 1] -> the same shape, tanh.
+    direction: "t1_to_t2", "t2_to_t1", or "" when unknown. n4: trained on N4-corrected
+    slices (the preprocessing default for this generator).
+    """
+
+    model: keras.Model
+    direction: str
+    n4: bool
+    _forward: Callable | None = field(default=None, init=False, repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (int(self.model.input_shape[1]), int(self.model.input_shape[2]))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(batch, H, W, 1) in [-1, 1] -> the translated batch, same shape, in [-1, 1]."""
+        if self._forward is None:
+            height, width = self.image_shape
+            spec = tf.TensorSpec((None, height, width, 1), tf.float32)
+            # A free batch dimension: one trace serves every batch, the last one included.
+            self._forward = tf.function(
+                lambda images: self.model(images, training=False),
+                input_signature=[spec],
+                autograph=False,
+            )
+        return self._forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+    def translate_unit(
+        self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """(N, H, W) preprocessed images in [0, 1] -> float32 (N, H, W) translations in
+        [0, 1], in batches of `batch_size`."""
+        height, width = self.image_shape
+        outputs = [np.empty((0, height, width, 1), np.float32)]
+        outputs += [
+            self(np.asarray(images[start : start + batch_size], np.float32)[..., None] * 2 - 1)
+            for start in range(0, len(images), batch_size)
+        ]
+        unit = (np.concatenate(outputs)[..., 0] + 1.0) / 2.0
+        return np.clip(unit, 0.0, 1.0).astype(np.float32)
+
+
+def check_generator(model: keras.Model, what: str) -> None:
+    """Raise DataError unless `model` maps (batch, H, W, 1) to the same, H and W usable."""
+    shapes = (model.input_shape, model.output_shape)
+    image_shaped = all(
+        isinstance(shape, tuple) and len(shape) == 4 and shape[3] == 1 for shape in shapes
+    )
+    if not image_shaped or shapes[0][1:3] != shapes[1][1:3] or None in shapes[0][1:3]:
+        raise DataError(
+            f"{what} takes {shapes[0]} and gives {shapes[1]}; "
+            "a generator maps (batch, H, W, 1) images to the same shape"
+        )
+    problem = image_size_problem(int(shapes[0][1]), int(shapes[0][2]))
+    if problem:
+        raise DataError(f"{what} cannot be used: {problem}")
+
+
+def as_generator(model: Generator | keras.Model) -> Generator:
+    """`model` itself, or a bare Keras generator wrapped with the training default N4 setting.
+
+    Wrap once and reuse the result: its forward pass is traced on the first call.
+    """
+    if isinstance(model, Generator):
+        return model
+    check_generator(model, f"model {model.name}")
+    direction = model.name if model.name in DIRECTIONS else ""
+    return Generator(model, direction, default_of("n4"))
+
+
+def generators_of(model: keras.Model, n4: bool | None = None) -> dict[str, Generator]:
+    """{direction: Generator} of anything holding both generators as attributes
+    (`mri_gan.CycleGan`, `checkpoints.RestoredRun.model`), each wrapped once."""
+    n4 = default_of("n4") if n4 is None else n4
+    return {
+        direction: Generator(getattr(model, direction), direction, n4) for direction in DIRECTIONS
+    }
+
+
+def load_generator(source: Path | str, direction: str | None = None) -> Generator:
+    """One generator from a `.keras` file, an export dir, or a training checkpoint dir.
+
+    source: `export/t1_to_t2.keras` (direction optional: checked if given); `export/`
+    (direction needed); or `output/checkpoints` (direction needed; image size and N4
+    come from `output/config.json`). Raises DataError naming the path when it holds no
+    usable generator, or one of the other direction.
+    """
+    source = Path(source)
+    if direction is not None and direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
+    if source.is_dir() and not (source / MODEL_INFO_NAME).is_file():
+        if direction is None:
+            raise ValueError("a checkpoint dir holds both generators: give a direction")
+        run = restore_run(source)
+        return Generator(getattr(run.model, direction), direction, run.config.n4)
+    if source.is_dir():
+        if direction is None:
+            raise ValueError("an export dir holds both generators: give a direction")
+        info = read_model_info(source / MODEL_INFO_NAME)
+        entry = info.get("generators", {}).get(direction, {})
+        return _load_keras(source / entry.get("file", f"{direction}.keras"), direction)
+    if not source.exists():
+        raise DataError(f"model {source} does not exist")
+    return _load_keras(source, direction)
+
+
+def _load_keras(path: Path, direction: str | None) -> Generator:
+    if not path.is_file():
+        raise DataError(f"model {path} does not exist")
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file; all mean the same
+        raise DataError(f"model {path} cannot be loaded: {first_line(error)}") from error
+    if not isinstance(model, keras.Model):
+        raise DataError(f"model {path} is not a Keras model")
+    check_generator(model, f"model {path}")
+    height, width = model.input_shape[1:3]
+    info_path = path.parent / MODEL_INFO_NAME
+    info = read_model_info(info_path) if info_path.is_file() else {}
+    if info and (info.get("img_height"), info.get("img_width")) != (height, width):
+        raise DataError(
+            f"model {path} takes {height}x{width} images but {info_path} says "
+            f"{info.get('img_height')}x{info.get('img_width')}: they do not belong together"
+        )
+    files = {entry.get("file"): name for name, entry in info.get("generators", {}).items()}
+    known = files.get(path.name) or (model.name if model.name in DIRECTIONS else "")
+    if direction and known and known != direction:
+        raise DataError(f"model {path} translates {known}, not {direction}")
+    if not info:
+        log.warning(
+            "warning: no %s beside %s; assuming N4 as in training by default", MODEL_INFO_NAME, path
+        )
+    return Generator(model, known or direction or "", bool(info.get("n4", default_of("n4"))))
