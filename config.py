@@ -43,6 +43,9 @@ class TrainConfig:
     beta_1: float = 0.5
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+    # Weight of the MIND structure loss between each input and its translation
+    # (loss.structure_loss); 0 leaves it out.
+    lambda_structure: float = 0.0
     gan_loss: str = "lsgan"
     generator_filters: int = 64
     critic_filters: int = 64

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
     )
     add(
+        "lambda_structure",
+        "weight of the structure loss: MIND descriptors of each input and its translation "
+        "compared, so anatomy stays in place (0: off)",
+        type=non_negative_float,
+    )
+    add(
         "gan_loss",
         "adversarial loss: lsgan (least squares, as in the CycleGAN paper) or bce",
         choices=("lsgan", "bce"),

@@ -21,6 +21,14 @@ from update_guard import apply_if_finite, scaled_loss
 
 # pix2pix initialises weights from N(0, 0.02).
 WEIGHT_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+# The terms of the generators' loss (the structure loss only when weighted).
+GENERATOR_TERMS = (
+    "t1_to_t2_adversarial",
+    "t2_to_t1_adversarial",
+    "cycle_loss",
+    "identity_loss",
+    "structure_loss",
+)
 # The widest layers have 8x the filters of the first, as in pix2pix (64 -> 512).
 MAX_FILTER_MULTIPLE = 8
 # The least epsilon `tf.nn`'s fused batch norm lets through (cuDNN's floor on GPUs).
@@ -261,6 +269,7 @@ class CycleGan(keras.Model):
         gan_loss: str = "lsgan",
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
+        lambda_structure: float = 0.0,
         generator_filters: int = 64,
         critic_filters: int = 64,
         generator: str = "unet",
@@ -277,6 +286,7 @@ class CycleGan(keras.Model):
         self.adversarial = loss.ADVERSARIAL_LOSSES[gan_loss]
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = lambda_identity
+        self.lambda_structure = lambda_structure
         self.pools = (
             {
                 domain: HistoryPool(pool_size, (height, width, 1), f"{domain}_pool")
@@ -291,6 +301,7 @@ class CycleGan(keras.Model):
             "t2_to_t1_adversarial",
             "cycle_loss",
             "identity_loss",
+            *(("structure_loss",) if lambda_structure else ()),
             "t1_critic_loss",
             "t2_critic_loss",
         )
@@ -408,12 +419,16 @@ class CycleGan(keras.Model):
                 loss.critic_loss(self.adversarial, real_t2_logits, pooled_t2_logits)
             ),
         }
-        losses["generator_loss"] = (
-            losses["t1_to_t2_adversarial"]
-            + losses["t2_to_t1_adversarial"]
-            + losses["cycle_loss"]
-            + losses["identity_loss"]
-        )
+        if self.lambda_structure:
+            # Each translation keeps its input's anatomy: edges in the same places.
+            losses["structure_loss"] = average(
+                loss.structure_loss(real_t1, fake_t2, self.lambda_structure)
+                + loss.structure_loss(real_t2, fake_t1, self.lambda_structure)
+            )
+        terms = [losses[name] for name in GENERATOR_TERMS if name in losses]
+        losses["generator_loss"] = terms[0]
+        for term in terms[1:]:
+            losses["generator_loss"] += term
         return losses
 
     # Traced as written: the step's branches are tf.cond already, and AutoGraph's
@@ -472,6 +487,7 @@ def make_cyclegan(config: TrainConfig) -> CycleGan:
         gan_loss=config.gan_loss,
         lambda_cycle=config.lambda_cycle,
         lambda_identity=config.lambda_identity,
+        lambda_structure=config.lambda_structure,
         generator_filters=config.generator_filters,
         critic_filters=config.critic_filters,
         generator=config.generator,

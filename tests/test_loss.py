@@ -53,3 +53,36 @@ def test_cycle_and_identity_losses_are_weighted_mean_absolute_error():
     np.testing.assert_allclose(loss.cycle_loss(real, other, 10.0), [5.0])
     np.testing.assert_allclose(loss.identity_loss(real, other, 5.0), [2.5])
     np.testing.assert_allclose(loss.cycle_loss(real, real, 10.0), [0.0])
+
+
+def step_edge(height: int = 12, width: int = 12, column: int = 6) -> np.ndarray:
+    """(1, H, W, 1): 0 left of `column`, 1 from it on."""
+    image = np.zeros((1, height, width, 1), np.float32)
+    image[:, :, column:] = 1.0
+    return image
+
+
+def test_mind_of_a_step_edge_by_hand():
+    # One-pixel patches: D is the squared difference with each neighbour. Just left of
+    # the edge only the right neighbour differs (D = 1, V = 1/4): exp(-4) there, 1 for
+    # the others; far from the edge every D is 0 and every entry is 1.
+    descriptor = loss.mind_descriptor(step_edge(), patch_radius=0).numpy()[0]
+    right, below, left, above = range(4)  # the order of loss.MIND_OFFSETS
+    np.testing.assert_allclose(descriptor[5, 5, right], np.exp(-4.0), rtol=1e-5)
+    np.testing.assert_allclose(descriptor[5, 5, [below, left, above]], 1.0)
+    np.testing.assert_allclose(descriptor[5, 6, left], np.exp(-4.0), rtol=1e-5)
+    np.testing.assert_allclose(descriptor[5, 2], 1.0)
+
+
+def test_structure_loss_ignores_contrast_and_sees_a_moved_edge():
+    rng = np.random.default_rng(0)
+    edge = step_edge(32, 32, 16) + rng.normal(0, 0.01, (1, 32, 32, 1)).astype(np.float32)
+    inverted = 0.8 - 1.5 * edge  # the same anatomy in another, inverted contrast
+    moved = np.roll(edge, 3, axis=2)  # the edge three pixels to the right
+
+    same = float(loss.structure_loss(edge, inverted, 1.0)[0])
+    shifted = float(loss.structure_loss(edge, moved, 1.0)[0])
+
+    assert same < 1e-5
+    assert shifted > 0.01 and shifted > 1000 * same
+    assert float(loss.structure_loss(edge, moved, 2.0)[0]) == pytest.approx(2 * shifted)

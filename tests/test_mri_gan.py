@@ -116,9 +116,15 @@ def test_instance_norm_fused_and_unfused_paths_agree_forward_and_backward(batch)
         np.testing.assert_allclose(got[1], dx, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("gan_loss", ["lsgan", "bce"])
-def test_one_train_step_changes_every_network_and_stays_finite(gan_loss):
-    config = TrainConfig(img_height=32, img_width=32, gan_loss=gan_loss, **SMALL_NETWORKS)
+@pytest.mark.parametrize("gan_loss, lambda_structure", [("lsgan", 0.0), ("bce", 1.0)])
+def test_one_train_step_changes_every_network_and_stays_finite(gan_loss, lambda_structure):
+    config = TrainConfig(
+        img_height=32,
+        img_width=32,
+        gan_loss=gan_loss,
+        lambda_structure=lambda_structure,
+        **SMALL_NETWORKS,
+    )
     model = build_model(config)
     networks = (*model.generators, *model.critics)
     before = {n.name: [v.numpy().copy() for v in n.trainable_variables] for n in networks}
@@ -128,6 +134,7 @@ def test_one_train_step_changes_every_network_and_stays_finite(gan_loss):
     logs = model.train_step((t1, t2))
 
     assert set(logs) == {*model.loss_names, "skipped_steps"}
+    assert ("structure_loss" in logs) == bool(lambda_structure)
     assert int(logs["skipped_steps"]) == 0
     assert all(np.isfinite(float(value)) for value in logs.values())
     for network in networks:
@@ -143,16 +150,24 @@ def test_one_train_step_changes_every_network_and_stays_finite(gan_loss):
 
 
 def test_generator_loss_is_the_sum_of_its_terms():
-    model = build_model(TrainConfig(img_height=32, img_width=32, **SMALL_NETWORKS))
+    config = TrainConfig(img_height=32, img_width=32, lambda_structure=2.0, **SMALL_NETWORKS)
+    model = build_model(config)
     t1 = tf.random.uniform((1, 32, 32, 1), -1, 1, seed=3)
     t2 = tf.random.uniform((1, 32, 32, 1), -1, 1, seed=4)
 
     losses = {k: float(v) for k, v in model.losses_of(t1, t2, training=False).items()}
 
     terms = ("t1_to_t2_adversarial", "t2_to_t1_adversarial", "cycle_loss", "identity_loss")
+    terms += ("structure_loss",)
     assert losses["generator_loss"] == pytest.approx(sum(losses[t] for t in terms), rel=1e-5)
     # Identity weight is lambda_identity * lambda_cycle = 5, cycle weight 10.
     assert losses["identity_loss"] > 0 and losses["cycle_loss"] > 0
+    # The structure loss compares each input with its own translation, weighted by 2.
+    import loss
+
+    structure = loss.structure_loss(t1, model.t1_to_t2(t1, training=False), 2.0)
+    structure += loss.structure_loss(t2, model.t2_to_t1(t2, training=False), 2.0)
+    assert losses["structure_loss"] == pytest.approx(float(structure[0]), rel=1e-5)
 
 
 def test_batched_passes_give_the_losses_of_separate_passes():
