@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import mri_gan
+import network_layers
 from config import TrainConfig, image_size_problem, unet_levels
 from tests.conftest import SMALL_NETWORKS
 from training import build_model
@@ -71,14 +72,14 @@ def test_generator_layers_keep_the_positions_earlier_checkpoints_have():
 
 def test_instance_normalization_normalizes_each_image_and_channel():
     values = tf.random.normal((2, 8, 8, 3), mean=5.0, stddev=3.0)
-    out = mri_gan.InstanceNormalization()(values).numpy()
+    out = network_layers.InstanceNormalization()(values).numpy()
     np.testing.assert_allclose(out.mean(axis=(1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-3)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_instance_norm_fused_and_unfused_paths_agree_forward_and_backward(batch):
-    norm = mri_gan.InstanceNormalization()
+    norm = network_layers.InstanceNormalization()
     values = tf.random.normal((batch, 6, 5, 4), mean=2.0, stddev=3.0, seed=6)
     output_gradient = tf.random.normal(values.shape, seed=7)
 
@@ -106,7 +107,7 @@ def test_instance_norm_fused_and_unfused_paths_agree_forward_and_backward(batch)
     x, g = values.numpy().astype(np.float64), output_gradient.numpy().astype(np.float64)
     deviation = x - x.mean(axis=(1, 2), keepdims=True)
     variance = (deviation**2).mean(axis=(1, 2), keepdims=True)
-    scale = 1 / np.sqrt(variance + mri_gan.FUSED_MIN_EPSILON)
+    scale = 1 / np.sqrt(variance + network_layers.FUSED_MIN_EPSILON)
     y = deviation * scale
     dx = scale * (
         g - g.mean(axis=(1, 2), keepdims=True) - y * (g * y).mean(axis=(1, 2), keepdims=True)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import checkpoints
 import history_pool
 import mri_gan
+import network_layers
 from callbacks import LearningRateLog, LinearDecay, decayed_learning_rate
 from config import TrainConfig
 from data_processing import jitter
@@ -44,7 +45,7 @@ def test_every_generator_and_upsampling_keeps_the_shape_and_range(generator, ups
 
 def test_reflection_padding_mirrors_without_repeating_the_edge():
     image = np.arange(12, dtype=np.float32).reshape(1, 3, 4, 1)
-    padded = mri_gan.ReflectionPadding2D(2)(image).numpy()
+    padded = network_layers.ReflectionPadding2D(2)(image).numpy()
     expected = np.pad(image[0, ..., 0], 2, mode="reflect")
     np.testing.assert_array_equal(padded[0, ..., 0], expected)
 
@@ -222,7 +223,7 @@ def test_main_trains_the_paper_options_end_to_end(tiny_dataset, tmp_path):
     assert rates == pytest.approx([2e-4, 1e-4])
     restored = checkpoints.restore_run(output / "checkpoints")
     layers = restored.model.t1_to_t2.layers
-    assert any(isinstance(layer, mri_gan.ReflectionPadding2D) for layer in layers)
+    assert any(isinstance(layer, network_layers.ReflectionPadding2D) for layer in layers)
     assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in layers)
     exported = keras.models.load_model(output / "export" / "t1_to_t2.keras", safe_mode=True)
     assert exported.count_params() == restored.model.t1_to_t2.count_params()
