@@ -235,7 +235,7 @@ class PairedEvaluation(EpochEndCallback):
             return
         summary = evaluation.evaluate_pairs(self.generators, self.images, baselines=False).summary()
         logs.update(summary)
-        improved = summary["mean_ssim"] > self.best.score
+        improved = summary[BestGenerators.SCORE] > self.best.score
         log.info(
             "Epoch %d, %d test pairs: SSIM T1->T2 %.4f, T2->T1 %.4f, mean %.4f%s",
             epoch,

@@ -144,9 +144,12 @@ def generators_checkpoint(model: CycleGan, epoch: tf.Variable) -> tf.train.Check
 class BestGenerators:
     """The generators with the best test score so far, in `directory` with `best.json`.
 
-    `score` is the recorded score, or -inf when there is none or `best.json` does not
-    describe the saved generators (a run killed between saving them and writing it).
+    `score` is the recorded `SCORE` (the mean test SSIM of both directions), or -inf when
+    there is none or `best.json` does not describe the saved generators (a run killed
+    between saving them and writing it).
     """
+
+    SCORE = "mean_ssim"
 
     def __init__(self, model: CycleGan, directory: Path) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -160,11 +163,11 @@ class BestGenerators:
             latest = self.manager.latest_checkpoint
             # Compared by name: the dir may have moved or been given another way since.
             if latest and Path(recorded.get("checkpoint", "")).name == Path(latest).name:
-                self.score = recorded["mean_ssim"]
+                self.score = recorded[self.SCORE]
 
-    def save(self, epoch: int, scores: dict[str, float], key: str = "mean_ssim") -> None:
+    def save(self, epoch: int, scores: dict[str, float]) -> None:
         """Save the generators of `epoch` as the best, with `scores` in best.json."""
-        self.score = scores[key]
+        self.score = scores[self.SCORE]
         self.epoch.assign(epoch)
         path = self.manager.save(checkpoint_number=epoch)
         with atomic_path(self.best_file) as temporary:

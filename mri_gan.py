@@ -354,9 +354,7 @@ class CycleGan(keras.Model):
                 + loss.structure_loss(real_t2, fake_t1, self.lambda_structure)
             )
         terms = [losses[name] for name in GENERATOR_TERMS if name in losses]
-        losses["generator_loss"] = terms[0]
-        for term in terms[1:]:
-            losses["generator_loss"] += term
+        losses["generator_loss"] = sum(terms[1:], terms[0])
         return losses
 
     # Traced as written: the step's branches are tf.cond already, and AutoGraph's
