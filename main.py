@@ -27,6 +27,7 @@ from config import (
     unit_fraction,
 )
 from errors import DataError, RunFailed
+from scan_io import data_dir_problem
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -252,9 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     if workers:
         fail(workers)
     for folder in (config.data_dir_t1, config.data_dir_t2):
-        if not folder.is_dir():
-            what = "is not a directory" if folder.exists() else "does not exist"
-            fail(f"data dir {folder} {what}")
+        problem = data_dir_problem(folder)
+        if problem:
+            fail(problem)
 
     # Imported here so that --help and argument errors answer without loading TensorFlow.
     from training import train

@@ -42,15 +42,23 @@ OUTPUT_DTYPES = ("uint8", "uint16", "float32")
 # ------------------------------------------------------------------------ image files
 
 
+def data_dir_problem(data_dir: Path) -> str | None:
+    """Why `data_dir` cannot be searched for images (missing, not a directory), or None."""
+    if not data_dir.exists():
+        return f"data dir {data_dir} does not exist"
+    if not data_dir.is_dir():
+        return f"data dir {data_dir} is not a directory"
+    return None
+
+
 def find_images(data_dir: Path, volumes: bool = False) -> list[Path]:
     """All image files under `data_dir` (and NIfTI volumes if `volumes`), recursively, sorted.
 
     Raises DataError if `data_dir` is missing, is not a directory, or holds no such file.
     """
-    if not data_dir.exists():
-        raise DataError(f"data dir {data_dir} does not exist")
-    if not data_dir.is_dir():
-        raise DataError(f"data dir {data_dir} is not a directory")
+    problem = data_dir_problem(data_dir)
+    if problem:
+        raise DataError(problem)
     paths = sorted(
         path
         for path in data_dir.rglob("*")
