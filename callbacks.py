@@ -48,6 +48,21 @@ class Interruption:
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+@dataclass(frozen=True)
+class RunClock:
+    """Wall time since the run started (preprocessing included), for `history.csv` and
+    the `--max_minutes` budget."""
+
+    started: float
+
+    @classmethod
+    def start(cls) -> RunClock:
+        return cls(time.monotonic())
+
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60.0
+
+
 @contextlib.contextmanager
 def signals_stop_training(interruption: Interruption) -> Iterator[None]:
     """While the block runs, SIGINT (Ctrl-C) and SIGTERM only record themselves in
@@ -145,7 +160,8 @@ class EpochEndCallback(keras.callbacks.Callback):
 
 class HistoryCsv(EpochEndCallback):
     """One row per epoch in `history.csv`: the epoch, each mean loss (and any other
-    `columns` in the epoch's logs, e.g. test metrics) and the seconds taken.
+    `columns` in the epoch's logs, e.g. test metrics), the seconds the epoch took and the
+    minutes since the run started (preprocessing included).
 
     The file is rewritten whole through a temporary file at each epoch, so it never
     ends with a half-written row; on resume, rows past the restored epoch are dropped.
@@ -160,10 +176,12 @@ class HistoryCsv(EpochEndCallback):
         path: Path,
         columns: tuple[str, ...],
         restored_epoch: int,
+        clock: RunClock,
     ) -> None:
         super().__init__(interruption)
         self.path = path
-        self.columns = ("epoch", *columns, "seconds")
+        self.clock = clock
+        self.columns = ("epoch", *columns, "seconds", "minutes")
         self.rows = [row for row in self._read() if int(row["epoch"]) <= restored_epoch]
         self._started = 0.0
 
@@ -180,7 +198,11 @@ class HistoryCsv(EpochEndCallback):
         pause_point("step")  # for the kill tests: stop mid-epoch
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
-        row = {"epoch": str(epoch), "seconds": f"{time.perf_counter() - self._started:.2f}"}
+        row = {
+            "epoch": str(epoch),
+            "seconds": f"{time.perf_counter() - self._started:.2f}",
+            "minutes": f"{self.clock.minutes():.3f}",
+        }
         row.update({name: f"{float(logs[name]):.6g}" for name in self.columns if name in logs})
         self.rows.append(row)
         with atomic_path(self.path) as temporary, open(temporary, "w", newline="") as stream:
@@ -287,6 +309,31 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """End `fit` after an epoch when another epoch as long would end past `minutes` of
+    the run's clock; `stopped_after` is then that epoch's 1-based number. Listed last, so
+    the other callbacks have already counted the epoch as complete."""
+
+    def __init__(self, clock: RunClock, minutes: float, last_epoch: int) -> None:
+        super().__init__()
+        self.clock = clock
+        self.minutes = minutes
+        self.last_epoch = last_epoch
+        self.stopped_after: int | None = None
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_started = self.clock.minutes()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.model.stop_training or epoch + 1 >= self.last_epoch:
+            return
+        now = self.clock.minutes()
+        if now + (now - self._epoch_started) > self.minutes:
+            self.stopped_after = epoch + 1
+            self.model.stop_training = True
+
+
 class EpochFigure(EpochEndCallback):
     """Draw the fixed sample images ((N, H, W, 1) in [-1, 1]) and their translations by
     `generators` after each epoch."""
@@ -338,10 +385,13 @@ def training_callbacks(
     interruption: Interruption,
     guard: NonFiniteGuard,
     start_epoch: int,
+    clock: RunClock,
+    budget: TimeBudget | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run writing under `config.output_dir`, in the order they must
     run: the step's controls; those that add to an epoch's logs (learning rate, test
-    scores) before those that write them; the checkpoint last, after `history.csv`."""
+    scores) before those that write them; the checkpoint after `history.csv`; the time
+    `budget`, if any, last."""
     samples_t1 = sample_images(data.t1_scan.entries, data.cache, config.num_samples)
     samples_t2 = sample_images(data.t2_scan.entries, data.cache, config.num_samples)
     tensorboard_dir = config.output_dir / "tensorboard"
@@ -375,7 +425,7 @@ def training_callbacks(
         LinearDecay(list(model.network_optimizers.values()), config),
         LearningRateLog(model.network_optimizers["generators"]),
         *scoring,
-        HistoryCsv(interruption, config.history_path, columns, start_epoch),
+        HistoryCsv(interruption, config.history_path, columns, start_epoch, clock),
         keras.callbacks.TensorBoard(
             str(tensorboard_dir), write_graph=False, profile_batch=0, update_freq="epoch"
         ),
@@ -389,4 +439,5 @@ def training_callbacks(
             tensorboard_dir,
         ),
         EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs),
+        *([budget] if budget is not None else []),
     ]

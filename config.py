@@ -36,6 +36,11 @@ class TrainConfig:
     batch_size: int = 16
     buffer_size: int = 1000
     epochs: int = 125
+    # None: an epoch is one pass over the larger contrast folder.
+    steps_per_epoch: int | None = None
+    # A wall-clock budget for the run, preprocessing included: no epoch is started that
+    # would end past it (judged by the epoch before). None: no budget.
+    max_minutes: float | None = None
     output_dir: Path = Path("output")
     cache_dir: Path | None = None
     seed: int = 0

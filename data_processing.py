@@ -411,8 +411,9 @@ def make_training_data(
 
     workers: preprocessing processes (see `PreprocessCache.make_all`; None: automatic).
 
-    An epoch is one pass over the larger domain; the smaller one repeats, as in the
-    reference CycleGAN. Raises DataError for a data dir training cannot use.
+    An epoch is one pass over the larger domain, the smaller one repeating, as in the
+    reference CycleGAN; or `config.steps_per_epoch` steps when that is set. Raises
+    DataError for a data dir training cannot use.
     """
     cache = PreprocessCache(config.resolved_cache_dir, config)
     t1_scan, t2_scan = scan_data_dirs(
@@ -436,7 +437,7 @@ def make_training_data(
     )
     batches = tf.data.Dataset.zip((t1_batches, t2_batches)).prefetch(tf.data.AUTOTUNE)
     larger = max(len(t1_scan.entries), len(t2_scan.entries))
-    steps_per_epoch = max(1, larger // config.batch_size)
+    steps_per_epoch = config.steps_per_epoch or max(1, larger // config.batch_size)
     return TrainingData(batches, steps_per_epoch, t1_scan, t2_scan, cache)
 
 

@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "total epochs; an epoch is one pass over the larger contrast folder",
         type=positive_int,
     )
+    add(
+        "steps_per_epoch",
+        "training steps per epoch (default: one pass over the larger contrast folder)",
+        type=positive_int,
+    )
+    add(
+        "max_minutes",
+        "wall-clock budget of this run in minutes, preprocessing included: training ends "
+        "after the last epoch that fits in it, and the generators are exported",
+        type=positive_float,
+    )
     add("output_dir", "where checkpoints, figures and history.csv go", type=Path)
     add(
         "cache_dir",

@@ -162,3 +162,34 @@ def plot_examples(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=80, format="png")
     plt.close(figure)
+
+
+def plot_quality_curves(
+    curves: dict[str, list[dict]], identity: dict[str, dict[str, float]], path: Path
+) -> None:
+    """Test SSIM and head SSIM against minutes, a line per recipe, per direction.
+
+    curves: {recipe: [{"minutes", "t1_to_t2_ssim", "t1_to_t2_head_ssim", ...}, ...]};
+    identity: {direction: {"ssim": .., "head_ssim": ..}}, drawn dashed.
+    """
+    metrics = (("ssim", "SSIM (whole slice)"), ("head_ssim", "head SSIM"))
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), squeeze=False)
+    for row, direction in enumerate(identity):
+        for column, (metric, label) in enumerate(metrics):
+            axis = axes[row, column]
+            for recipe, points in curves.items():
+                axis.plot(
+                    [point["minutes"] for point in points],
+                    [point[f"{direction}_{metric}"] for point in points],
+                    marker=".",
+                    label=recipe,
+                )
+            axis.axhline(identity[direction][metric], color="grey", linestyle="--")
+            axis.set_title(f"{direction.replace('_to_', ' → ').upper()}: {label}")
+            axis.set_xlabel("minutes, preprocessing included")
+            axis.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+    plt.close(figure)

@@ -18,7 +18,14 @@ import keras
 import tensorflow as tf
 
 import plotting
-from callbacks import Interruption, NonFiniteGuard, signals_stop_training, training_callbacks
+from callbacks import (
+    Interruption,
+    NonFiniteGuard,
+    RunClock,
+    TimeBudget,
+    signals_stop_training,
+    training_callbacks,
+)
 from checkpoints import RunCheckpoints, export_generators, export_unless_done
 from config import CONFIG_FILE_NAME, TrainConfig, save_config, tf_config_problem
 from data_processing import TrainingData, make_training_data
@@ -162,6 +169,7 @@ def train(config: TrainConfig) -> TrainResult:
     Raises DataError for input that training cannot use, RunFailed for a run that
     cannot go on.
     """
+    clock = RunClock.start()
     configure_devices()
     strategy = make_strategy(config.strategy)
     check_replicas(config, strategy)
@@ -204,6 +212,11 @@ def train(config: TrainConfig) -> TrainResult:
         # A different shuffle order per resumed run, still reproducible from the seed.
         data = make_training_data(config, shuffle_seed=config.seed + start_epoch)
         interruption, guard = Interruption(), NonFiniteGuard(config.max_nonfinite)
+        budget = (
+            TimeBudget(clock, config.max_minutes, config.epochs)
+            if config.max_minutes is not None
+            else None
+        )
         with signals_stop_training(interruption):
             model.fit(
                 sharded_per_worker(data.batches, config),
@@ -211,12 +224,15 @@ def train(config: TrainConfig) -> TrainResult:
                 initial_epoch=start_epoch,
                 steps_per_epoch=data.steps_per_epoch,
                 callbacks=training_callbacks(
-                    files, model, data, checkpoints, interruption, guard, start_epoch
+                    files, model, data, checkpoints, interruption, guard, start_epoch, clock, budget
                 ),
                 verbose=config.verbose,
                 shuffle=False,  # the tf.data pipeline shuffles
             )
-        return finish(model, files, data, checkpoints, interruption, guard, start_epoch, chief)
+        end_epoch = budget.stopped_after if budget and budget.stopped_after else config.epochs
+        return finish(
+            model, files, data, checkpoints, interruption, guard, start_epoch, end_epoch, chief
+        )
     finally:
         if not chief:
             shutil.rmtree(files.output_dir, ignore_errors=True)
@@ -265,9 +281,11 @@ def finish(
     interruption: Interruption,
     guard: NonFiniteGuard,
     start_epoch: int,
+    end_epoch: int,
     chief: bool,
 ) -> TrainResult:
-    """After `fit`: report a divergence, save a stopped run, or export a finished one."""
+    """After `fit`: report a divergence, save a stopped run, or export a finished one:
+    `end_epoch` epochs done, fewer than `files.epochs` when the time budget ended it."""
     log.info(
         "Preprocessing cache %s: %d images preprocessed, %d read from the cache.",
         data.cache.cache_dir,
@@ -296,12 +314,19 @@ def finish(
         )
         plotting.write_summary_figures(files, interruption.epoch)
         return TrainResult(start_epoch, interruption.epoch, interruption.signal_name)
+    if end_epoch < files.epochs:
+        if end_epoch % files.checkpoint_every:
+            checkpoints.save(end_epoch)
+        log.info(
+            "Time budget of --max_minutes %g reached: stopping after epoch %d of %d.",
+            files.max_minutes,
+            end_epoch,
+            files.epochs,
+        )
     if not chief:
-        log.info("Worker finished %d epochs; the chief wrote the outputs.", files.epochs)
-        return TrainResult(start_epoch, files.epochs)
-    export_generators(model, files, files.export_dir, epoch=files.epochs)
-    plotting.write_summary_figures(files, files.epochs)
-    log.info(
-        "Finished %d of %d epochs; outputs in %s", files.epochs, files.epochs, files.output_dir
-    )
-    return TrainResult(start_epoch, files.epochs)
+        log.info("Worker finished %d epochs; the chief wrote the outputs.", end_epoch)
+        return TrainResult(start_epoch, end_epoch)
+    export_generators(model, files, files.export_dir, epoch=end_epoch)
+    plotting.write_summary_figures(files, end_epoch)
+    log.info("Finished %d of %d epochs; outputs in %s", end_epoch, files.epochs, files.output_dir)
+    return TrainResult(start_epoch, end_epoch)

@@ -24,3 +24,26 @@ def report(line: str, result: dict, as_json: bool) -> dict:
     if as_json:
         print(json.dumps(result))
     return result
+
+
+def machine_description() -> str:
+    """The machine a benchmark ran on, in a phrase: CPU model, cores, memory, GPUs."""
+    import os
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+        if line.startswith("model name")
+    ]
+    cpu = names[0] if names else "unknown CPU"
+    memory = ""
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB"
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return f"{len(os.sched_getaffinity(0))} cores of {cpu}{memory}, " + (
+        f"{gpus} GPU{'s' * (gpus > 1)}" if gpus else "no GPU"
+    )

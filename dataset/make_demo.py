@@ -476,9 +476,16 @@ class Acquisition:
 
 
 def acquire(
-    subject: Subject, contrast: str, fractions: np.ndarray, bias: np.ndarray, seed: int
+    subject: Subject,
+    contrast: str,
+    fractions: np.ndarray,
+    bias: np.ndarray,
+    seed: int,
+    noise_free: bool = False,
 ) -> tuple[np.ndarray, Acquisition]:
-    """Scan the subject with jittered TR/TE: bias-weighted signal plus Rician noise.
+    """Scan the subject with jittered TR/TE: bias-weighted signal plus Rician noise
+    (none if `noise_free`: the same scan's noiseless magnitude, what a perfect
+    translation of the other contrast would give).
 
     Returns the magnitude image (same shape as ``bias``, float32) and its parameters.
     """
@@ -494,7 +501,8 @@ def acquire(
         )
     )
     signal = simulate_signal(fractions, subject, tr_ms, te_ms) * bias
-    magnitude = add_rician_noise(signal, noise_percent / 100 * reference_signal, rng)
+    sigma = 0.0 if noise_free else noise_percent / 100 * reference_signal
+    magnitude = add_rician_noise(signal, sigma, rng)
     record = Acquisition(subject.name, contrast, tr_ms, te_ms, noise_percent, subject.bias_level)
     return magnitude, record
 
@@ -578,6 +586,7 @@ def _scan_subject(
     size: int,
     contrasts: SequenceABC[str],
     seed: int,
+    noise_free: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[Acquisition]]:
     """Scan one subject at slices z_simulated.
 
@@ -592,7 +601,7 @@ def _scan_subject(
     non_empty = brain_area >= MIN_SLICE_AREA_FRACTION * template.max_brain_area_mm2
     volumes, records = {}, []
     for contrast in contrasts:
-        magnitude, record = acquire(subject, contrast, fractions, bias, seed)
+        magnitude, record = acquire(subject, contrast, fractions, bias, seed, noise_free)
         volumes[contrast] = to_uint8(magnitude, head_mask)
         records.append(record)
     return volumes, head_mask, non_empty, records
@@ -619,17 +628,24 @@ def make_demo(
     size: int = 256,
     write_volume: bool = True,
     template_dir: Path | None = None,
+    first_test_subject: int | None = None,
+    noise_free: bool = False,
 ) -> DemoManifest:
     """Generate the demo dataset into output_dir and return what was written.
 
     Subjects 1..n_train_subjects give T1w training slices, the next n_train_subjects give
     T2w training slices (disjoint: unpaired), and the next n_test_subjects give paired
     T1w/T2w test slices; the first test subject is also written as NIfTI volumes (if
-    write_volume).  Slices are size x size 8-bit PNGs over a 256 mm field of view.  The
-    defaults reproduce the committed dataset byte for byte.
+    write_volume).  `first_test_subject` numbers the test subjects from there instead
+    (e.g. 31 with no training subjects: a validation set of subjects in neither the
+    training nor the test set).  `noise_free` leaves out the noise, nothing else: the
+    same slices, TR/TE and bias.  Slices are size x size 8-bit PNGs over a 256 mm field
+    of view.  The defaults reproduce the committed dataset byte for byte.
     """
     if size < 16 or min(n_train_subjects, n_test_subjects) < 0:
         raise ValueError("need size >= 16 and non-negative subject counts")
+    if first_test_subject is not None and first_test_subject < 1:
+        raise ValueError("need first_test_subject >= 1")
     if min(slices_per_subject, test_slices_per_subject) < 1:
         raise ValueError("need at least one slice per subject")
     output_dir = Path(output_dir)
@@ -641,7 +657,8 @@ def make_demo(
 
     t1_subjects = range(1, n_train_subjects + 1)
     t2_subjects = range(n_train_subjects + 1, 2 * n_train_subjects + 1)
-    test_subjects = range(2 * n_train_subjects + 1, 2 * n_train_subjects + n_test_subjects + 1)
+    first_test = 2 * n_train_subjects + 1 if first_test_subject is None else first_test_subject
+    test_subjects = range(first_test, first_test + n_test_subjects)
     plan = [(number, "train", ("T1w",), slices_per_subject) for number in t1_subjects]
     plan += [(number, "train", ("T2w",), slices_per_subject) for number in t2_subjects]
     plan += [(number, "test", ("T1w", "T2w"), test_slices_per_subject) for number in test_subjects]
@@ -657,7 +674,7 @@ def make_demo(
         low, high = template.slice_range
         z_simulated = tuple(range(low, high + 1)) if as_volume else z_kept
         images, head_mask, non_empty, records = _scan_subject(
-            template, subject, z_simulated, size, contrasts, seed
+            template, subject, z_simulated, size, contrasts, seed, noise_free
         )
         acquisitions += records
         for z in z_kept:
@@ -709,9 +726,18 @@ def parse_args(argv: SequenceABC[str] | None = None) -> argparse.Namespace:
         "test_slices_per_subject": (int, "axial slices per test subject"),
         "size": (int, "image width and height in pixels over a 256 mm field of view"),
         "template_dir": (Path, "folder with the MNI ICBM152 files; None: nilearn's bundled copy"),
+        "first_test_subject": (
+            int,
+            "number of the first test subject; None: the one after the training subjects",
+        ),
     }
     for name, (kind, text) in options.items():
         parser.add_argument(f"--{name}", type=kind, default=defaults[name], help=text)
+    parser.add_argument(
+        "--noise_free",
+        action="store_true",
+        help="no noise: the noiseless scans of the same subjects and slices",
+    )
     parser.add_argument(
         "--no_volume",
         action="store_true",
@@ -734,6 +760,8 @@ def main(argv: SequenceABC[str] | None = None) -> int:
         size=args.size,
         write_volume=not args.no_volume,
         template_dir=args.template_dir,
+        first_test_subject=args.first_test_subject,
+        noise_free=args.noise_free,
     )
     for scan in manifest.acquisitions:
         print(

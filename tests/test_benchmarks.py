@@ -317,3 +317,55 @@ def test_onednn_kernels_benchmark_times_a_real_train_steps_kernels():
         assert summary["kernels_only_fraction_of_matmul"] == pytest.approx(
             gflop / seconds / matmul, rel=1e-2, abs=1e-3
         )
+
+
+def test_quality_benchmark_trains_within_its_budget_and_scores_against_identity(
+    tmp_path, tiny_dataset
+):
+    t1, t2 = tiny_dataset
+    output = tmp_path / "quality"
+    # Budget: a few seconds, the preprocessing included; main.py ends the run after its
+    # first epoch of 2 steps (building the model alone takes longer), of the 3 asked.
+    result = run_in_this_process(
+        "benchmarks.quality",
+        *("--recipe", "narrow", "--data_dir_t1", str(t1), "--data_dir_t2", str(t2)),
+        *("--test_dir_t1", str(t1 / "TrainT1"), "--test_dir_t2", str(t2)),
+        *("--size", "32", "--steps", "6", "--score_every", "2", "--minutes", "0.05"),
+        *("--no_n4", "--output_dir", str(output)),
+        "--main_flags=--generator_filters 8 --critic_filters 8 --batch_size 2",
+    )
+    assert result["recipe"] == "narrow" and result["steps"] == 2
+    assert result["minutes"] > 0 and "cores of" in result["machine"]
+    for direction in ("t1_to_t2", "t2_to_t1"):
+        scores = result[direction]
+        assert {"ssim", "psnr", "mae", "head_ssim", "identity_ssim", "identity_psnr"} <= set(scores)
+        assert -1 <= scores["ssim"] <= 1 and scores["mae"] >= 0
+    # Identity scores a direction's input against its target: the same two sets of
+    # slices both ways, and SSIM and PSNR are symmetric.
+    forward, backward = result["t1_to_t2"], result["t2_to_t1"]
+    assert forward["identity_ssim"] == pytest.approx(backward["identity_ssim"], abs=1e-4)
+    assert forward["identity_psnr"] == pytest.approx(backward["identity_psnr"], abs=1e-3)
+    export = output / "narrow" / "export"
+    assert json.loads((export / "model.json").read_text())["epoch"] == 1
+    assert result["export_dir"] == str(export)
+    rows = (output / "quality.csv").read_text().splitlines()
+    assert rows[0].startswith("recipe,steps,minutes,t1_to_t2_ssim")
+    assert [row.split(",")[:2] for row in rows[1:]] == [["narrow", "2"]]
+    assert (output / "quality.png").stat().st_size > 10_000
+
+
+def test_ceiling_benchmark_scores_the_noise_free_test_scans_against_the_noisy_ones(tmp_path):
+    result = run_in_this_process(
+        "benchmarks.ceiling", "--size", "32", "--no_n4", "--output_dir", str(tmp_path)
+    )
+    assert result["pairs"] == 45
+    # The same slices without noise: sub-21's first slice in both folders.
+    clean = sorted((tmp_path / "noise_free_test" / "Test" / "T2").glob("*.png"))
+    assert [path.name for path in clean] == sorted(
+        path.name for path in (REPO / "dataset" / "Test" / "T2").glob("*.png")
+    )
+    for direction in ("t1_to_t2", "t2_to_t1"):
+        ceiling = result[direction]["ceiling"]
+        # Near, not at, a perfect score: only the noise differs (averaged 8x at 32 px).
+        assert 0.8 < ceiling["ssim"] < 0.999 and 0.9 < ceiling["head_ssim"] < 1
+        assert 25 < ceiling["psnr"] < 60

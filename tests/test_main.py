@@ -64,6 +64,8 @@ def test_help_explains_every_flag():
         (["--img_width", "16"], "below the minimum of 32"),
         (["--lr", "0"], "must be a positive number"),
         (["--gan_loss", "wgan"], "invalid choice"),
+        (["--max_minutes", "0"], "must be a positive number"),
+        (["--steps_per_epoch", "0"], "must be a positive integer"),
     ],
 )
 def test_invalid_values_are_refused_before_any_work(args, message):
@@ -127,7 +129,8 @@ def test_train_and_score_two_epochs_then_resume_to_three_using_the_cache(tmp_pat
     assert load_config(output / "config.json").image_shape == (32, 32)
     rows = history_rows(output)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds"} <= set(rows[0])
+    assert {"generator_loss", "cycle_loss", "t1_critic_loss", "seconds", "minutes"} <= set(rows[0])
+    assert 0 < float(rows[0]["minutes"]) < float(rows[1]["minutes"])
     cache_files = {p: p.stat().st_mtime_ns for p in (output / "cache").glob("*.npy")}
     assert len(cache_files) == 14
     with Image.open(output / "training.gif") as gif:

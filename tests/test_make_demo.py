@@ -267,6 +267,26 @@ def test_command_line_writes_a_small_dataset(tmp_path, template):
     assert not list(tmp_path.rglob("*.nii.gz"))
 
 
+def test_validation_subjects_are_numbered_apart_and_their_noise_free_scans_line_up(
+    tmp_path, template
+):
+    args = ["--n_train_subjects", "0", "--n_test_subjects", "1", "--first_test_subject", "31"]
+    args += ["--test_slices_per_subject", "2", "--size", "64", "--no_volume"]
+    assert demo.main([*args, "--output_dir", str(tmp_path / "noisy")]) == 0
+    assert demo.main([*args, "--output_dir", str(tmp_path / "clean"), "--noise_free"]) == 0
+    for contrast in ("T1", "T2"):
+        noisy = sorted((tmp_path / "noisy" / "Test" / contrast).glob("*.png"))
+        clean = sorted((tmp_path / "clean" / "Test" / contrast).glob("*.png"))
+        assert len(noisy) == 2 and all(path.name.startswith("sub-31_z") for path in noisy)
+        assert [path.name for path in clean] == [path.name for path in noisy]
+        for noisy_path, clean_path in zip(noisy, clean, strict=True):
+            noisy_image, clean_image = _read_png(noisy_path), _read_png(clean_path)
+            # The background (corners, outside the head) holds only the noise.
+            assert noisy_image[:8, :8].mean() > 0 and clean_image[:8, :8].max() == 0
+            head = _head_mask(clean_image)
+            assert np.corrcoef(noisy_image[head], clean_image[head])[0, 1] > 0.9
+
+
 def test_command_line_defaults_are_make_demo_defaults():
     args = demo.parse_args([])
     assert args.output_dir == COMMITTED
