@@ -345,7 +345,7 @@ class EpochFigure(EpochEndCallback):
         t1: np.ndarray,
         t2: np.ndarray,
         epochs_dir: Path,
-        total_epochs: int,
+        total_epochs: int | None,
         tensorboard_dir: Path | None = None,
     ) -> None:
         super().__init__(interruption)
@@ -367,7 +367,7 @@ class EpochFigure(EpochEndCallback):
             self.t2,
             self.generators["t2_to_t1"](self.t2),
             plotting.epoch_figure_path(self.epochs_dir, epoch),
-            title=f"Epoch {epoch} of {self.total_epochs}",
+            title=f"Epoch {epoch}" + (f" of {self.total_epochs}" if self.total_epochs else ""),
         )
         if self.writer is not None:
             figure = tf.io.decode_png(
@@ -435,7 +435,8 @@ def training_callbacks(
             samples_t1,
             samples_t2,
             config.epochs_dir,
-            config.epochs,
+            # Under a time budget the run may end before `config.epochs`.
+            config.epochs if config.max_minutes is None else None,
             tensorboard_dir,
         ),
         EpochCheckpoint(interruption, checkpoints, config.checkpoint_every, config.epochs),

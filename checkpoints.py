@@ -30,7 +30,7 @@ from directions import DIRECTIONS, contrast_names
 from errors import DataError, RunFailed, first_line
 from files import atomic_path, pause_point
 from mri_gan import GENERATORS, CycleGan, make_cyclegan
-from preprocessing import PREPROCESS_VERSION, UPPER_PERCENTILE
+from preprocessing import PREPROCESS_VERSION, UPPER_PERCENTILE, preprocessed_per
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +181,26 @@ def export_generators(
 ) -> dict[str, Path]:
     """Save both generators as `<export_dir>/t1_to_t2.keras` and `t2_to_t1.keras`.
 
-    `model.json` beside them records what translation needs: image size, N4, the value
-    range, which file is which direction (and `epoch` when given). The `.keras` files
+    `model.json` beside them records what translation needs: image size, the value range,
+    which file is which direction (and `epoch` when given), and how the training slices
+    were preprocessed: N4, the normalization percentile, the slice axis of volumes, and
+    per generator `preprocessed_per` (`training_preprocessed_per`; null when its data dir
+    cannot be found now, as by an export on another machine). The `.keras` files
     load with `keras.models.load_model(path, safe_mode=True)` once `mri_gan` is imported
     (`inference.load_generator` does both).
     Each file is written to a temporary name and renamed. Returns {direction: path}.
     """
     export_dir = Path(export_dir)
+    per = {direction: training_preprocessed_per(config, direction) for direction in DIRECTIONS}
+    for direction, data_dir in training_data_dirs(config).items():
+        if per[direction] is None:
+            log.warning(
+                "warning: data dir %s cannot be searched: %s does not record whether %s was "
+                "trained on volumes; translation will preprocess per slice unless told otherwise",
+                data_dir,
+                MODEL_INFO_NAME,
+                direction,
+            )
     paths = {}
     for direction in DIRECTIONS:
         paths[direction] = export_dir / f"{direction}.keras"
@@ -214,19 +227,23 @@ def export_generators(
                 "file": paths[direction].name,
                 "input": contrast_names(direction)[0],
                 "output": contrast_names(direction)[1],
+                "preprocessed_per": per[direction],
             }
             for direction in DIRECTIONS
         },
         "img_height": config.img_height,
         "img_width": config.img_width,
         "n4": config.n4,
+        "upper_percentile": UPPER_PERCENTILE,
+        "slice_axis": config.slice_axis,
         "preprocess_version": PREPROCESS_VERSION,
         "value_range": [-1.0, 1.0],
         "scaling": (
-            "input = 2 * preprocessed - 1, where preprocessing maps each slice's minimum "
-            f"to 0 and the {UPPER_PERCENTILE}th percentile of its foreground to 1 "
-            "(after N4 when n4 is true) and resamples it to img_height x img_width; "
-            "output = 2 * translated - 1 (tanh)"
+            "input = 2 * preprocessed - 1, where preprocessing maps the minimum of each "
+            "slice (preprocessed_per slice) or of its whole volume (preprocessed_per volume, "
+            "slices cut along slice_axis) to 0 and the upper_percentile of its foreground "
+            "to 1 (after N4 when n4 is true) and resamples each slice to img_height x "
+            "img_width; output = 2 * translated - 1 (tanh)"
         ),
         "epoch": epoch,
         "keras_version": keras.__version__,
@@ -235,6 +252,24 @@ def export_generators(
     with atomic_path(export_dir / MODEL_INFO_NAME) as temporary:
         temporary.write_text(json.dumps(info, indent=2) + "\n")
     return paths
+
+
+def training_data_dirs(config: TrainConfig) -> dict[str, Path]:
+    """{direction: the data dir of its input contrast}: the slices it learnt to translate."""
+    dirs = {"t1": config.data_dir_t1, "t2": config.data_dir_t2}
+    return {direction: dirs[source] for direction, (source, _) in DIRECTIONS.items()}
+
+
+def training_preprocessed_per(config: TrainConfig, direction: str) -> str | None:
+    """How the training inputs of the `direction` generator were preprocessed: "slice" or
+    "volume" (`preprocessing.preprocessed_per` of its input contrast's data dir), or
+    None when that dir cannot be searched now.
+
+    Derived from the data dir, since the run's config does not record it: at the end of
+    training that dir is the one just read; later (`translate.py --export`) it is read
+    again from the path in config.json, which may have moved or changed.
+    """
+    return preprocessed_per(training_data_dirs(config)[direction], config.slice_axis)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@
         --test_dir_t1 dataset/Test/T1 --test_dir_t2 dataset/Test/T2
 
 Writes `metrics.csv`, `metrics.json` and `examples.png` to `--output_dir` and prints a
-table. This module only checks the command line and calls `evaluation`; bad input is a
-one-line `error: ...` on stderr with exit code 2.
+table; with lesion masks (`--lesion_masks`, or a `masks/` folder beside the T1 folder, as
+in dataset/Test/lesions/) also `lesion_metrics.csv` and `lesions.png`. This module only
+checks the command line and calls `evaluation`; bad input is a one-line `error: ...` on
+stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ methods: model (the generator of each direction); identity (the input itself);
 outputs: metrics.csv (a row per slice, direction and method), metrics.json (mean and
   std of each metric, and whether the model beats histogram matching), examples.png
   (best, median and worst slice by model SSIM, per direction, with |error| maps).
+lesions: with a mask per pair (same file name; any non-zero pixel is lesion), from
+  --lesion_masks or a masks/ folder beside the T1 folder (dataset/Test/lesions/masks for
+  --test_dir_t1 dataset/Test/lesions/T1). Each mask is resampled as its images (linear,
+  kept >= 0.5). Per slice, direction and method: contrast = mean inside the lesion /
+  mean in its ring (head pixels more than 1 and at most 4 px from the lesion), in the
+  prediction and the target; kept fraction = (contrast_prediction - 1) /
+  (contrast_target - 1): 1 kept, 0 erased, > 1 exaggerated, < 0 inverted; MAE and SSIM
+  inside the lesion. Written to lesion_metrics.csv (a row per slice, direction and
+  method), metrics.json "lesions" (median and quartiles) and lesions.png (the model's
+  least, median and most kept slice per direction, mask outlined).
 """
 
 
@@ -67,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("dataset/Test/T2"),
         help="T2-weighted test slices, same file names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lesion_masks",
+        type=Path,
+        help="lesion masks, one per test pair with its file name (default: a masks/ "
+        "folder beside --test_dir_t1, if there is one)",
     )
     parser.add_argument(
         "--output_dir",
@@ -104,8 +122,10 @@ def fail(message: str) -> NoReturn:
 
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse missing folders before TensorFlow is loaded, so the answer is immediate."""
-    for flag in ("checkpoint_dir", "test_dir_t1", "test_dir_t2"):
+    for flag in ("checkpoint_dir", "test_dir_t1", "test_dir_t2", "lesion_masks"):
         path = getattr(args, flag)
+        if path is None:
+            continue
         if not path.exists():
             fail(f"--{flag} {path} does not exist")
         if not path.is_dir():
@@ -124,6 +144,10 @@ def evaluate(args: argparse.Namespace) -> None:
     from errors import DataError
     from inference import generators_of
 
+    # The test files first: a mismatch is reported before the checkpoint is restored.
+    pairing = evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
+    mask_dir = args.lesion_masks or evaluation.sibling_mask_dir(args.test_dir_t1)
+    lesion_masks = evaluation.match_lesion_masks(mask_dir, pairing) if mask_dir else None
     run_dir = args.checkpoint_dir.parent
     restored = restore_run(args.checkpoint_dir)
     config = restored.config
@@ -138,7 +162,6 @@ def evaluate(args: argparse.Namespace) -> None:
                 f"training dir {folder} (the histogram reference of the {contrast.upper()} "
                 f"contrast) does not exist: pass --train_dir_{contrast}"
             )
-    pairing = evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
     cache = PreprocessCache(args.cache_dir or config.cache_dir or run_dir / "cache", config)
     log.info(
         "Evaluating %s (epoch %d, %dx%d) on %d pairs.",
@@ -149,6 +172,9 @@ def evaluate(args: argparse.Namespace) -> None:
         len(pairing.pairs),
     )
     images = evaluation.load_pairs(pairing.pairs, cache)
+    if lesion_masks is not None:
+        log.info("Lesion masks: %s", mask_dir)
+        images = evaluation.load_lesion_masks(images, lesion_masks, pairing.pairs)
     references = evaluation.build_histogram_references(train_dirs["t1"], train_dirs["t2"], cache)
     result = evaluation.evaluate_pairs(generators, images, references, batch_size=args.batch_size)
 
@@ -163,14 +189,23 @@ def evaluate(args: argparse.Namespace) -> None:
         histogram_reference_dirs={name: str(folder) for name, folder in train_dirs.items()},
         unpaired=[str(path) for path in (*pairing.unpaired_t1, *pairing.unpaired_t2)],
         skipped=[f"{path}: {reason}" for path, reason in images.skipped],
+        lesion_masks=str(mask_dir) if lesion_masks is not None else None,
     )
+    written = ["metrics.csv", "metrics.json", "examples.png"]
     reports.write_metrics_csv(result, output_dir / "metrics.csv")
     reports.write_json(document, output_dir / "metrics.json")
     plotting.plot_examples(
         evaluation.example_rows(generators, images, result), output_dir / "examples.png"
     )
     print(reports.format_table(result))
-    print(f"Wrote metrics.csv, metrics.json and examples.png to {output_dir}")
+    if lesion_masks is not None:
+        reports.write_lesion_csv(result, output_dir / "lesion_metrics.csv")
+        plotting.plot_lesion_examples(
+            evaluation.lesion_example_rows(generators, images, result), output_dir / "lesions.png"
+        )
+        written += ["lesion_metrics.csv", "lesions.png"]
+        print(reports.format_lesion_table(result))
+    print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> None:

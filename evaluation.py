@@ -16,6 +16,11 @@ The three ways (`METHODS`):
 
 The head mask of a pair is the union of the heads of its two acquired images, so both
 directions are scored on the same pixels; see `head_mask`.
+
+With lesion masks (one per pair, same file name: `match_lesion_masks`,
+`load_lesion_masks`), every method is also scored on the lesions: how much of the
+target's lesion-to-surroundings contrast the prediction keeps, and MAE and SSIM inside
+the lesion (`metrics.lesion_metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +42,8 @@ from data_processing import PreprocessCache
 from directions import DIRECTIONS
 from errors import DataError
 from inference import Generator, generators_of
-from preprocessing import foreground_mask
-from scan_io import find_images
+from preprocessing import foreground_mask, resample_to
+from scan_io import find_images, read_grayscale, read_image
 
 if TYPE_CHECKING:
     from mri_gan import CycleGan
@@ -59,6 +64,10 @@ MAX_REFERENCE_IMAGES = 200
 # A separate piece of foreground counts as head if it is at least this fraction of the
 # largest piece (the cerebellum and temporal lobes of a low slice), not a noise speck.
 HEAD_PART_FRACTION = 0.05
+# Lesion masks found without --lesion_masks: a folder of this name beside the T1 folder.
+SIBLING_MASK_DIR = "masks"
+# How many missing or extra mask names an error message lists.
+NAMES_SHOWN = 3
 
 
 # ---------------------------------------------------------------------------- pairing
@@ -166,7 +175,8 @@ class PairedImages:
     """The usable test pairs, preprocessed as in training.
 
     `t1`, `t2`: float32 (N, H, W) in [0, 1], row i the same slice; `masks`: bool
-    (N, H, W), the union of the two heads; `names`: the N file names.
+    (N, H, W), the union of the two heads; `names`: the N file names; `lesions`: bool
+    (N, H, W) lesion masks, or None (`load_lesion_masks`).
     """
 
     names: tuple[str, ...]
@@ -174,6 +184,7 @@ class PairedImages:
     t2: np.ndarray
     masks: np.ndarray
     skipped: tuple[tuple[Path, str], ...] = ()
+    lesions: np.ndarray | None = None
 
     def of(self, contrast: str) -> np.ndarray:
         return {"t1": self.t1, "t2": self.t2}[contrast]
@@ -204,6 +215,71 @@ def load_pairs(pairs: Iterable[tuple[Path, Path]], cache: PreprocessCache) -> Pa
     t1_array, t2_array = np.stack(t1), np.stack(t2)
     masks = head_masks(t1_array) | head_masks(t2_array)
     return PairedImages(tuple(names), t1_array, t2_array, masks, tuple(skipped))
+
+
+# ------------------------------------------------------------------------- lesions
+
+
+def sibling_mask_dir(test_dir_t1: Path) -> Path | None:
+    """The `SIBLING_MASK_DIR` folder beside the T1 test folder (`lesions/masks` for
+    `lesions/T1`), if there is one."""
+    folder = Path(test_dir_t1).parent / SIBLING_MASK_DIR
+    return folder if folder.is_dir() else None
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def match_lesion_masks(mask_dir: Path, pairing: Pairing) -> dict[str, Path]:
+    """The lesion mask of each test pair: {pair file name: mask path}, by identical name.
+
+    Raises DataError naming the folder and the files if a pair has no mask, or if a
+    mask names no test file (the masks belong to other slices), or as `pair_files` does
+    for an unusable folder.
+    """
+    masks = _files_by_name(Path(mask_dir))
+    names = [t1.name for t1, _ in pairing.pairs]
+    missing = sorted(set(names) - masks.keys())
+    if missing:
+        raise DataError(
+            f"lesion masks {mask_dir}: no mask for {len(missing)} of the {len(names)} test "
+            f"pairs ({_listed(missing)}); a mask has the file name of its pair"
+        )
+    test_names = {*names, *(path.name for path in (*pairing.unpaired_t1, *pairing.unpaired_t2))}
+    extra = sorted(masks.keys() - test_names)
+    if extra:
+        raise DataError(
+            f"lesion masks {mask_dir}: {len(extra)} of its {len(masks)} masks name no test "
+            f"file ({_listed(extra)}): are they the masks of these pairs?"
+        )
+    return {name: masks[name] for name in names}
+
+
+def load_lesion_masks(
+    images: PairedImages, masks: Mapping[str, Path], pairs: Iterable[tuple[Path, Path]]
+) -> PairedImages:
+    """`images` with their lesion masks (`PairedImages.lesions`).
+
+    masks: {file name: mask path} (`match_lesion_masks`); pairs: the (T1, T2) paths, for
+    the size of each slice. Any non-zero pixel of a mask is lesion. Each mask is resampled
+    as its images were (`preprocessing.resample_to`: ANTs, linear) and kept where >= 0.5.
+    Raises DataError naming a mask that cannot be read or whose size is not its slice's.
+    """
+    sources = {t1.name: t1 for t1, _ in pairs}
+    height, width = images.t1.shape[1:]
+    lesions = []
+    for name in images.names:
+        mask = read_image(masks[name]) > 0
+        source_shape = read_grayscale(sources[name]).shape
+        if mask.shape != source_shape:
+            raise DataError(
+                f"lesion mask {masks[name]} is {mask.shape[1]}x{mask.shape[0]} px but its "
+                f"slice {sources[name]} is {source_shape[1]}x{source_shape[0]}"
+            )
+        lesions.append(resample_to(mask.astype(np.float32), height, width) >= 0.5)
+    return replace(images, lesions=np.stack(lesions))
 
 
 # ------------------------------------------------------------------ histogram matching
@@ -288,11 +364,15 @@ class EvaluationResult:
     `values[(direction, method)][metric]` is a float64 (N,) array in the order of
     `names`; metrics are `metrics.METRIC_NAMES`, on [0, 1] images (PSNR in dB, capped
     at `metrics.MAX_PSNR_DB`). `mask_fraction` (N,) is the share of each slice in the head.
+    With lesion masks, `lesion_values[(direction, method)][metric]` holds
+    `metrics.LESION_METRIC_NAMES` alike, and `lesion_pixels` (N,) the lesion size.
     """
 
     names: tuple[str, ...]
     values: dict[tuple[str, str], dict[str, np.ndarray]]
     mask_fraction: np.ndarray
+    lesion_values: dict[tuple[str, str], dict[str, np.ndarray]] | None = None
+    lesion_pixels: np.ndarray | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -360,6 +440,30 @@ class EvaluationResult:
             range(len(values)), key=lambda i: np.nan_to_num(sign * values[i], nan=-np.inf)
         )
 
+    def lesion_statistics(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        """{direction: {method: {lesion metric: {"median", "q1", "q3", "n"}}}}; empty
+        without lesion masks. Medians, as a lesion's contrast ratio is skewed."""
+        table: dict = {}
+        for (direction, method), values in (self.lesion_values or {}).items():
+            table.setdefault(direction, {})[method] = {
+                name: metrics.median_and_quartiles(values[name])
+                for name in metrics.LESION_METRIC_NAMES
+            }
+        return table
+
+    def lesion_rows(self) -> list[dict[str, object]]:
+        """One row per slice, direction and method, with every lesion metric."""
+        rows = []
+        for (direction, method), values in (self.lesion_values or {}).items():
+            for index, name in enumerate(self.names):
+                row: dict[str, object] = {"name": name, "direction": direction, "method": method}
+                row["lesion_pixels"] = int(self.lesion_pixels[index])
+                row.update(
+                    {metric: float(values[metric][index]) for metric in metrics.LESION_METRIC_NAMES}
+                )
+                rows.append(row)
+        return rows
+
     def rows(self) -> list[dict[str, object]]:
         """One row per slice, direction and method, with every metric: for metrics.csv."""
         rows = []
@@ -403,23 +507,42 @@ def evaluate_pairs(
     if not methods:
         raise ValueError("nothing to evaluate: no model and no baseline")
     generators = model if model is None or isinstance(model, Mapping) else generators_of(model)
-    values = {}
+    lesions = images.lesions
+    values, lesion_values = {}, {}
     for direction, (source, target) in DIRECTIONS.items():
         inputs, targets = images.of(source), images.of(target)
         for method in methods:
             # In chunks, so that a large test set never holds all predictions at once.
-            chunks = []
+            chunks, lesion_chunks = [], []
             for start in range(0, len(inputs), batch_size):
                 part = slice(start, start + batch_size)
                 predicted = _predictions(
                     method, direction, inputs[part], generators, histogram_references, batch_size
                 )
                 chunks.append(metrics.slice_metrics(predicted, targets[part], images.masks[part]))
-            values[(direction, method)] = {
-                name: np.concatenate([chunk[name] for chunk in chunks])
-                for name in metrics.METRIC_NAMES
-            }
-    return EvaluationResult(images.names, values, images.masks.mean(axis=(1, 2)))
+                if lesions is not None:
+                    lesion_chunks.append(
+                        metrics.lesion_metrics(
+                            predicted, targets[part], lesions[part], images.masks[part]
+                        )
+                    )
+            values[(direction, method)] = _joined(chunks, metrics.METRIC_NAMES)
+            if lesions is not None:
+                lesion_values[(direction, method)] = _joined(
+                    lesion_chunks, metrics.LESION_METRIC_NAMES
+                )
+    return EvaluationResult(
+        images.names,
+        values,
+        images.masks.mean(axis=(1, 2)),
+        lesion_values if lesions is not None else None,
+        lesions.sum(axis=(1, 2)) if lesions is not None else None,
+    )
+
+
+def _joined(chunks: list[dict[str, np.ndarray]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-chunk metric arrays joined into one array per metric."""
+    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in names}
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -450,6 +573,43 @@ def example_rows(
                         f"{target.upper()} target",
                     ),
                     (inputs, prediction, images.of(target)[index]),
+                )
+            )
+    return rows
+
+
+def lesion_example_rows(
+    generators: Mapping[str, Generator], images: PairedImages, result: EvaluationResult
+) -> list[tuple[str, tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]:
+    """The rows of `plotting.plot_lesion_examples`: per direction, the slices where
+    the model keeps the least, the median and the most of the lesion contrast, with input,
+    prediction, target and lesion mask. Slices without a kept fraction are left out."""
+    rows = []
+    for direction, (source, target) in DIRECTIONS.items():
+        kept = result.lesion_values[(direction, "model")]["kept_fraction"]
+        order = [int(index) for index in np.argsort(kept) if np.isfinite(kept[index])]
+        if not order:
+            continue
+        picks = {}  # index -> label, the first label of a slice picked twice
+        for label, index in (
+            ("least kept", order[0]),
+            ("median", order[len(order) // 2]),
+            ("most kept", order[-1]),
+        ):
+            picks.setdefault(index, label)
+        for index, label in picks.items():
+            inputs = images.of(source)[index]
+            prediction = generators[direction].translate_unit(inputs[np.newaxis])[0]
+            rows.append(
+                (
+                    f"{label}: {images.names[index]}\nkept {kept[index]:.2f}",
+                    (
+                        f"{source.upper()} input",
+                        f"{direction} prediction",
+                        f"{target.upper()} target",
+                    ),
+                    (inputs, prediction, images.of(target)[index]),
+                    images.lesions[index],
                 )
             )
     return rows

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 # checkpoints imports mri_gan, which registers its layers: `.keras` files load in safe mode.
-from checkpoints import MODEL_INFO_NAME, read_model_info, restore_run
+from checkpoints import MODEL_INFO_NAME, read_model_info, restore_run, training_preprocessed_per
 from config import default_of, image_size_problem
 from directions import DIRECTIONS
 from errors import DataError, first_line
+from preprocessing import PREPROCESSED_PER, UPPER_PERCENTILE
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,17 @@ class Generator:
 
     model: (batch, img_height, img_width, 1) float32 in [-1, 1] -> the same shape, tanh.
     direction: "t1_to_t2", "t2_to_t1", or "" when unknown. n4: trained on N4-corrected
-    slices (the preprocessing default for this generator).
+    slices (the preprocessing default for this generator). preprocessed_per: its training
+    inputs were 2-D images preprocessed each on its own ("slice") or NIfTI volumes
+    preprocessed whole, then cut along `slice_axis` ("volume"); None when not recorded
+    (a bare Keras model, an export of an earlier version): translation then goes per slice.
     """
 
     model: keras.Model
     direction: str
     n4: bool
+    preprocessed_per: str | None = None
+    slice_axis: str = "axial"
     _forward: Callable | None = field(default=None, init=False, repr=False)
 
     @property
@@ -115,9 +121,12 @@ def load_generator(source: Path | str, direction: str | None = None) -> Generato
     """One generator from a `.keras` file, an export dir, or a training checkpoint dir.
 
     source: `export/t1_to_t2.keras` (direction optional: checked if given); `export/`
-    (direction needed); or `output/checkpoints` (direction needed; image size and N4
-    come from `output/config.json`). Raises DataError naming the path when it holds no
-    usable generator, or one of the other direction.
+    (direction needed); or `output/checkpoints` (direction needed; image size, N4 and the
+    slice axis come from `output/config.json`, whether it was trained on volumes from the
+    data dir that config names). From an export, the preprocessing comes from `model.json`;
+    one without `preprocessed_per` (earlier versions) gives None: per slice, as before.
+    Raises DataError naming the path when it holds no usable generator, or one of the
+    other direction.
     """
     source = Path(source)
     if direction is not None and direction not in DIRECTIONS:
@@ -126,7 +135,13 @@ def load_generator(source: Path | str, direction: str | None = None) -> Generato
         if direction is None:
             raise ValueError("a checkpoint dir holds both generators: give a direction")
         run = restore_run(source)
-        return Generator(getattr(run.model, direction), direction, run.config.n4)
+        return Generator(
+            getattr(run.model, direction),
+            direction,
+            run.config.n4,
+            training_preprocessed_per(run.config, direction),
+            run.config.slice_axis,
+        )
     if source.is_dir():
         if direction is None:
             raise ValueError("an export dir holds both generators: give a direction")
@@ -164,4 +179,26 @@ def _load_keras(path: Path, direction: str | None) -> Generator:
         log.warning(
             "warning: no %s beside %s; assuming N4 as in training by default", MODEL_INFO_NAME, path
         )
-    return Generator(model, known or direction or "", bool(info.get("n4", default_of("n4"))))
+    direction = known or direction or ""
+    preprocessed_per = info.get("generators", {}).get(direction, {}).get("preprocessed_per")
+    if preprocessed_per not in (None, *PREPROCESSED_PER):
+        raise DataError(
+            f"{info_path} says {direction} was trained on inputs preprocessed per "
+            f"{preprocessed_per!r}; expected one of {PREPROCESSED_PER}"
+        )
+    percentile = info.get("upper_percentile", UPPER_PERCENTILE)
+    if percentile != UPPER_PERCENTILE:
+        log.warning(
+            "warning: %s says training normalized to the %sth percentile; this version "
+            "normalizes to the %sth",
+            info_path,
+            percentile,
+            UPPER_PERCENTILE,
+        )
+    return Generator(
+        model,
+        direction,
+        bool(info.get("n4", default_of("n4"))),
+        preprocessed_per,
+        info.get("slice_axis", default_of("slice_axis")),
+    )

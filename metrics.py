@@ -14,12 +14,21 @@ the pixels inside the mask, so the air around the head does not flatter the scor
   the windows whose centre pixel is inside the mask.
 
 A masked metric of an empty mask is NaN.
+
+Lesion metrics (`lesion_metrics`), for test slices with a lesion mask:
+- contrast: the mean intensity inside the lesion over the mean in its ring of
+  surrounding tissue (`lesion_ring`), in the prediction and in the target; 1 means the
+  lesion is invisible.
+- kept fraction: (contrast_prediction - 1) / (contrast_target - 1). 1: the lesion
+  stands out as in the real scan; 0: erased; above 1: exaggerated; below 0: inverted.
+- MAE and SSIM inside the lesion (SSIM averaged over the windows centred in it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 MAX_PSNR_DB = 100.0
 SSIM_FILTER_SIZE = 11
@@ -29,6 +38,23 @@ SSIM_MARGIN = SSIM_FILTER_SIZE // 2
 
 METRIC_NAMES = ("ssim", "psnr", "mae", "masked_ssim", "masked_psnr", "masked_mae")
 HIGHER_IS_BETTER = {name: not name.endswith("mae") for name in METRIC_NAMES}
+
+LESION_METRIC_NAMES = (
+    "contrast_prediction",
+    "contrast_target",
+    "kept_fraction",
+    "lesion_mae",
+    "lesion_ssim",
+)
+# The ring a lesion is compared with: head pixels more than RING_GAP_PX and at most
+# RING_OUTER_PX (Euclidean) from the nearest lesion pixel. The gap skips the lesion's
+# partial-volume edge; the 3 px beyond it stay near enough to be the tissue the lesion
+# sits in.
+RING_GAP_PX = 1.0
+RING_OUTER_PX = 4.0
+# A target whose lesion contrast is within this of 1 shows no lesion to keep: the kept
+# fraction would divide by almost nothing, so it is NaN.
+MIN_TARGET_CONTRAST = 0.05
 
 
 def _as_pair(prediction, target) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +157,87 @@ def slice_metrics(prediction, target, mask) -> dict[str, np.ndarray]:
         "masked_psnr": psnr(prediction, target, mask),
         "masked_mae": mae(prediction, target, mask),
     }
+
+
+def lesion_ring(
+    lesion, head=None, gap: float = RING_GAP_PX, outer: float = RING_OUTER_PX
+) -> np.ndarray:
+    """The ring of tissue around the lesions of each image: bool, the shape of `lesion`.
+
+    lesion: bool (..., H, W); head: bool (..., H, W) or None (no restriction). A pixel is
+    in the ring if its Euclidean distance to the nearest lesion pixel is in (gap, outer]
+    and it is in the head. An image without lesion has an empty ring.
+    """
+    lesion = np.asarray(lesion, bool)
+    images = lesion.reshape(-1, *lesion.shape[-2:])
+    ring = np.zeros(images.shape, bool)
+    for index, image in enumerate(images):
+        if image.any():
+            distance = ndimage.distance_transform_edt(~image)
+            ring[index] = (distance > gap) & (distance <= outer)
+    ring = ring.reshape(lesion.shape)
+    return ring if head is None else ring & np.asarray(head, bool)
+
+
+def lesion_contrast(image, lesion, ring) -> np.ndarray:
+    """Mean of `image` inside `lesion` over its mean inside `ring`, per image.
+
+    image: (..., H, W); lesion, ring: bool, same shape. Returns (...) float64; NaN where
+    the lesion or the ring is empty or the ring's mean is 0.
+    """
+    image = np.asarray(image, np.float64)
+    inside = _masked_mean(image, lesion)
+    around = _masked_mean(image, ring)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(around > 0, inside / np.where(around > 0, around, 1.0), np.nan)
+
+
+def kept_fraction(contrast_prediction, contrast_target) -> np.ndarray:
+    """(contrast_prediction - 1) / (contrast_target - 1): how much of the target's lesion
+    contrast the prediction keeps (1 all, 0 none, < 0 inverted).
+
+    NaN where the target's contrast is within `MIN_TARGET_CONTRAST` of 1 or is NaN.
+    """
+    predicted = np.asarray(contrast_prediction, np.float64) - 1.0
+    target = np.asarray(contrast_target, np.float64) - 1.0
+    visible = np.abs(target) >= MIN_TARGET_CONTRAST
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(visible, predicted / np.where(visible, target, 1.0), np.nan)
+
+
+def lesion_metrics(prediction, target, lesion, head=None) -> dict[str, np.ndarray]:
+    """All of `LESION_METRIC_NAMES` for each image.
+
+    prediction, target: (N, H, W) in [0, 1]; lesion: bool (N, H, W); head: bool
+    (N, H, W) or None, to keep the ring (`lesion_ring`) inside the head. Returns
+    {metric name: (N,) float64}; NaN for an image without lesion.
+    """
+    prediction, target = _as_pair(prediction, target)
+    lesion = np.asarray(lesion, bool)
+    ring = lesion_ring(lesion, head)
+    contrast_prediction = lesion_contrast(prediction, lesion, ring)
+    contrast_target = lesion_contrast(target, lesion, ring)
+    local = ssim_map(prediction, target).astype(np.float64)
+    return {
+        "contrast_prediction": contrast_prediction,
+        "contrast_target": contrast_target,
+        "kept_fraction": kept_fraction(contrast_prediction, contrast_target),
+        "lesion_mae": mae(prediction, target, lesion),
+        "lesion_ssim": _masked_mean(local, window_centre_mask(lesion)),
+    }
+
+
+def median_and_quartiles(values) -> dict[str, float]:
+    """{"median", "q1", "q3"} over slices, ignoring NaN, and "n", the finite values counted.
+
+    The three are NaN if there is no finite value.
+    """
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "n": 0}
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "n": int(values.size)}
 
 
 def mean_and_std(values) -> tuple[float, float]:

@@ -311,11 +311,18 @@ class CycleGan(keras.Model):
         # Instance norm keeps every image independent, so passes through the same network
         # are batched together: the same maths as separate calls, with larger, faster
         # convolutions and one weight-gradient computation per network instead of two.
-        fake_t2, same_t2 = split_batch(
-            self.t1_to_t2(tf.concat([real_t1, real_t2], 0), training=training), 2
+        # The identity passes (same_t1, same_t2) only when their loss is weighted: with
+        # lambda_identity 0 a step runs four generator passes instead of six.
+        identity = self.lambda_identity > 0
+        fake_t2, *same_t2 = split_batch(
+            self.t1_to_t2(tf.concat([real_t1, *[real_t2] * identity], 0), training=training),
+            1 + identity,
         )
-        fake_t1, same_t1, cycled_t1 = split_batch(
-            self.t2_to_t1(tf.concat([real_t2, real_t1, fake_t2], 0), training=training), 3
+        fake_t1, cycled_t1, *same_t1 = split_batch(
+            self.t2_to_t1(
+                tf.concat([real_t2, fake_t2, *[real_t1] * identity], 0), training=training
+            ),
+            2 + identity,
         )
         cycled_t2 = self.t1_to_t2(fake_t1, training=training)
 
@@ -337,9 +344,11 @@ class CycleGan(keras.Model):
                 + loss.cycle_loss(real_t2, cycled_t2, self.lambda_cycle)
             ),
             "identity_loss": average(
-                loss.identity_loss(real_t1, same_t1, identity_weight)
-                + loss.identity_loss(real_t2, same_t2, identity_weight)
-            ),
+                loss.identity_loss(real_t1, same_t1[0], identity_weight)
+                + loss.identity_loss(real_t2, same_t2[0], identity_weight)
+            )
+            if identity
+            else tf.constant(0.0),
             "t1_critic_loss": average(
                 loss.critic_loss(self.adversarial, real_t1_logits, pooled_t1_logits)
             ),

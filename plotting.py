@@ -193,3 +193,63 @@ def plot_quality_curves(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=90)
     plt.close(figure)
+
+
+# The zoomed panels show at least this share of the image's side around the lesions.
+MIN_ZOOM_FRACTION = 0.25
+ZOOM_MARGIN_PX = 8
+
+
+def _zoom_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """A square-ish box around the True pixels of (H, W) `mask`, grown by a margin."""
+    rows, columns = np.nonzero(mask)
+    box = []
+    for hits, side in ((rows, mask.shape[0]), (columns, mask.shape[1])):
+        half = max((hits.max() - hits.min()) / 2 + ZOOM_MARGIN_PX, MIN_ZOOM_FRACTION * side / 2)
+        centre = (hits.max() + hits.min()) / 2
+        start = int(np.clip(round(centre - half), 0, max(0, side - 2 * half)))
+        box.append(slice(start, min(side, start + int(round(2 * half)) + 1)))
+    return box[0], box[1]
+
+
+def plot_lesion_examples(
+    rows: list[
+        tuple[str, tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    ],
+    path: Path,
+) -> None:
+    """A figure of lesion slices, one row each: input, prediction and target (grey,
+    [0, 1]) with the lesion mask outlined in red, then the prediction and the target
+    zoomed on the lesions.
+
+    rows: (row label, the three panel titles, the three (H, W) images in [0, 1], the
+    (H, W) bool lesion mask).
+    """
+    figure, axes = plt.subplots(
+        max(len(rows), 1), 5, figsize=(12.5, 2.6 * max(len(rows), 1)), squeeze=False
+    )
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for row, (label, titles, (inputs, prediction, target), mask) in enumerate(rows):
+        box = _zoom_box(mask) if mask.any() else (slice(None), slice(None))
+        panels = (
+            (inputs, titles[0], (slice(None), slice(None))),
+            (prediction, titles[1], (slice(None), slice(None))),
+            (target, titles[2], (slice(None), slice(None))),
+            (prediction, "prediction, zoomed", box),
+            (target, "target, zoomed", box),
+        )
+        for column, (image, title, crop) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(image[crop], cmap="gray", vmin=0.0, vmax=1.0)
+            if mask[crop].any():
+                axis.contour(mask[crop].astype(float), levels=[0.5], colors="red", linewidths=0.7)
+            axis.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if not rows:
+        axes[0, 0].set_title("no lesion slice with a kept fraction", fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
+    plt.close(figure)

@@ -3,7 +3,8 @@
 Images: grayscale float32 -> N4 bias correction -> normalization to [0, 1] -> resampling
 to the training size. Volumes: read once -> one 3-D N4 -> normalization over the whole
 volume -> cut into slices as translation shows them (`volumes.generator_view`) -> slices
-with too little head dropped -> each resampled to the training size.
+with too little head dropped -> each resampled to the training size. `preprocessed_per`
+says which of the two most slices of a data dir get, so that translation can repeat it.
 
 No TensorFlow here, so the worker processes that run this in parallel start in seconds.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import nibabel as nib
 import numpy as np
 
 from config import TrainConfig
-from scan_io import MIN_INPUT_SIDE, read_grayscale, read_volume
-from volumes import generator_view, is_nifti
+from errors import DataError
+from scan_io import MIN_INPUT_SIDE, find_images, read_grayscale, read_volume
+from volumes import generator_view, is_nifti, view_shape
 
 # Bump when preprocessing changes, so old cache entries are never reused.
 PREPROCESS_VERSION = 1
@@ -32,6 +35,10 @@ UPPER_PERCENTILE = 99.5
 # N4 works on a grid shrunk to about this many voxels per side: ANTs' default shrink
 # factor 4 at 256 px, and a bounded cost for larger inputs.
 N4_GRID_SIDE = 64
+# What training preprocesses as one unit (`preprocess_file`): a 2-D image ("slice": its
+# own N4 and normalization) or a whole NIfTI volume ("volume": one 3-D N4 and one
+# normalization, then cut into slices). Translation repeats what the model was trained on.
+PREPROCESSED_PER = ("slice", "volume")
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,7 @@ def preprocess_volume(
     pixels is dropped. Raises ValueError if the slices are too small or none is kept.
     """
     data = np.asarray(image.get_fdata(dtype=np.float32))
-    view_shape = generator_view(np.empty(data.shape, bool), image.affine, slice_axis).shape
-    if min(view_shape[1:]) < MIN_INPUT_SIDE:
+    if min(view_shape(data.shape, image.affine, slice_axis)[1:]) < MIN_INPUT_SIDE:
         raise ValueError(f"{slice_axis} slices smaller than {MIN_INPUT_SIDE} px")
     data = data - data.min()
     mask = foreground_mask(data)
@@ -193,6 +199,36 @@ def preprocess_file(path: Path, config: TrainConfig) -> Preprocessed:
             min_foreground=config.min_foreground,
         )
     return preprocess_image(read_grayscale(path), height, width, config.n4)
+
+
+def preprocessed_per(data_dir: Path, slice_axis: str = "axial") -> str | None:
+    """How training preprocesses most slices of `data_dir` (`PREPROCESSED_PER`).
+
+    "volume" when NIfTI volumes give more of its slices than 2-D images do (a volume
+    counts its slices along `slice_axis`, read from its header: empty ones included),
+    else "slice". None when the dir cannot be searched now (moved, another machine).
+    """
+    try:
+        paths = find_images(data_dir, volumes=True)
+    except DataError:
+        return None
+    images = sum(not is_nifti(path) for path in paths)
+    volume_slices = 0
+    for path in filter(is_nifti, paths):
+        try:
+            header = nib.load(path)  # the header only, not the voxels
+            if len(header.shape) == 3:
+                volume_slices += view_shape(header.shape, header.affine, slice_axis)[0]
+        except (
+            nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError,
+            OSError,
+            EOFError,
+            ValueError,
+            zlib.error,
+        ):
+            continue  # training skips it too
+    return "volume" if volume_slices > images else "slice"
 
 
 def preprocess_or_reason(path: Path, config: TrainConfig) -> Preprocessed | str:

@@ -1,5 +1,6 @@
 """The written results of an evaluation: `metrics.csv` (a row per slice, direction and
-method), `metrics.json` (summary statistics and verdicts) and the printed table."""
+method), `metrics.json` (summary statistics and verdicts), with lesion masks
+`lesion_metrics.csv` (the same rows, for the lesion metrics), and the printed table."""
 
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ from evaluation import EvaluationResult
 from files import atomic_path
 
 
-def write_metrics_csv(result: EvaluationResult, path: Path) -> None:
-    """metrics.csv: one row per slice, direction and method; metrics to 6 significant digits."""
-    columns = ["name", "direction", "method", *metrics.METRIC_NAMES, "mask_fraction"]
-
+def _write_rows(rows: list[dict[str, object]], columns: list[str], path: Path) -> None:
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
-        for row in result.rows():
+        for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def write_metrics_csv(result: EvaluationResult, path: Path) -> None:
+    """metrics.csv: one row per slice, direction and method; metrics to 6 significant digits."""
+    columns = ["name", "direction", "method", *metrics.METRIC_NAMES, "mask_fraction"]
+    _write_rows(result.rows(), columns, path)
+
+
+def write_lesion_csv(result: EvaluationResult, path: Path) -> None:
+    """lesion_metrics.csv: one row per slice, direction and method, with the lesion size in
+    pixels and every lesion metric (6 significant digits; nan where there is none)."""
+    columns = ["name", "direction", "method", "lesion_pixels", *metrics.LESION_METRIC_NAMES]
+    _write_rows(result.lesion_rows(), columns, path)
 
 
 def _json_safe(value):
@@ -36,18 +47,37 @@ def _json_safe(value):
     return value
 
 
+LESION_DEFINITIONS = {
+    "contrast": "mean intensity inside the lesion / mean intensity in its ring",
+    "ring": f"head pixels more than {metrics.RING_GAP_PX:g} and at most "
+    f"{metrics.RING_OUTER_PX:g} px (Euclidean, at the evaluated size) from the lesion",
+    "kept_fraction": "(contrast_prediction - 1) / (contrast_target - 1): 1 kept as in the "
+    "target, 0 erased, > 1 exaggerated, < 0 inverted; null where the target's contrast is "
+    f"within {metrics.MIN_TARGET_CONTRAST:g} of 1",
+    "lesion_mae": "mean |prediction - target| over the lesion pixels",
+    "lesion_ssim": "SSIM map averaged over the windows centred in the lesion",
+    "statistics": "median and quartiles over slices; n: the slices with a value",
+}
+
+
 def metrics_document(result: EvaluationResult, **context) -> dict:
-    """The content of metrics.json: `context` (run, paths, ...) and the summary statistics."""
-    return _json_safe(
-        {
-            **context,
-            "n_pairs": len(result.names),
-            "psnr_cap_db": metrics.MAX_PSNR_DB,
-            "std": "population standard deviation over slices (ddof 0)",
-            "metrics": result.statistics(),
-            "model_beats_histogram_matching": result.model_beats_histogram_matching(),
+    """The content of metrics.json: `context` (run, paths, ...) and the summary statistics;
+    with lesion masks, "lesions": their definitions and statistics."""
+    document = {
+        **context,
+        "n_pairs": len(result.names),
+        "psnr_cap_db": metrics.MAX_PSNR_DB,
+        "std": "population standard deviation over slices (ddof 0)",
+        "metrics": result.statistics(),
+        "model_beats_histogram_matching": result.model_beats_histogram_matching(),
+    }
+    if result.lesion_values is not None:
+        document["lesions"] = {
+            "n_slices_with_lesion": int((result.lesion_pixels > 0).sum()),
+            "definitions": LESION_DEFINITIONS,
+            "metrics": result.lesion_statistics(),
         }
-    )
+    return _json_safe(document)
 
 
 def write_json(document: dict, path: Path) -> None:
@@ -76,4 +106,28 @@ def format_table(result: EvaluationResult) -> str:
         )
         overall = "yes" if verdicts["all"] else "no"
         lines.append(f"{direction}: model beats histogram matching: {overall} ({answers})")
+    return "\n".join(lines)
+
+
+def format_lesion_table(result: EvaluationResult) -> str:
+    """The median [q1, q3] of the kept lesion contrast, lesion MAE and lesion SSIM, one line
+    per direction and method; empty without lesion masks."""
+    statistics = result.lesion_statistics()
+    if not statistics:
+        return ""
+    names = {
+        "kept_fraction": "kept contrast",
+        "lesion_mae": "lesion MAE",
+        "lesion_ssim": "lesion SSIM",
+    }
+    lines = [f"{'direction':<9} {'method':<18} " + " ".join(f"{h:>26}" for h in names.values())]
+    for direction, methods in statistics.items():
+        for method in result.methods:
+            cells = []
+            for name in names:
+                value = methods[method][name]
+                cells.append(f"{value['median']:.3f} [{value['q1']:.3f}, {value['q3']:.3f}]")
+            lines.append(
+                f"{direction:<9} {method:<18} " + " ".join(f"{cell:>26}" for cell in cells)
+            )
     return "\n".join(lines)

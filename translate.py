@@ -23,6 +23,7 @@ from typing import NoReturn
 from config import EXPORT_DIR_NAME, positive_int
 from directions import DIRECTIONS, contrast_names
 from errors import DataError, first_line
+from preprocessing import PREPROCESSED_PER
 from scan_io import IMAGE_SUFFIXES, WRITABLE_DTYPES
 from volumes import NIFTI_SUFFIXES
 
@@ -53,11 +54,19 @@ inputs and outputs:
 slices and preprocessing:
   Volumes are translated slice by slice along --axis: a plane name picks the voxel axis
   closest to that plane's normal (axial is the third voxel axis of the usual axial
-  acquisition), a number picks a voxel axis. Each slice is shown to the generator
-  anterior (or superior) up, as the training PNGs of dataset/make_demo.py, and is
-  preprocessed as in training: N4 bias correction (as the model was trained, unless
-  --preprocess/--no-preprocess says otherwise), its minimum -> 0 and the 99.5th
-  percentile of its foreground -> 1, resampled to the model size; the translation is
+  acquisition), a number picks a voxel axis; by default the plane a model trained on
+  volumes was cut along, else axial. Each slice is shown to the generator anterior (or
+  superior) up, as the training PNGs of dataset/make_demo.py. Inputs are preprocessed
+  as the model's training data were (--preprocess_per auto, from model.json or the run's
+  config.json and data dir):
+    volume  a model trained on NIfTI volumes: the whole volume gets one 3-D N4 bias
+            correction, its minimum -> 0 and the 99.5th percentile of its foreground
+            -> 1, then it is cut into slices, each resampled to the model size
+    slice   a model trained on 2-D images (PNG/TIFF), and any model whose export does
+            not say: each slice gets its own 2-D N4, its minimum -> 0 and the 99.5th
+            percentile of its foreground -> 1, and is resampled to the model size
+  N4 is on or off as the model was trained, unless --preprocess/--no-preprocess says
+  otherwise. Image files are always preprocessed per slice. The translation is
   resampled back to the slice's own size. Slices with under 1 % foreground (against
   the whole volume) are not translated and stay background.
 
@@ -70,8 +79,9 @@ intensity:
 
 export:
   --export --checkpoint_dir output/checkpoints writes output/export/t1_to_t2.keras,
-  t2_to_t1.keras and model.json (image size, N4, value range), reading
-  output/config.json beside the checkpoint dir; translate then takes --model.
+  t2_to_t1.keras and model.json (image size, value range, and the preprocessing: N4,
+  percentile, slice axis, per slice or per volume), reading output/config.json beside
+  the checkpoint dir and the data dirs it names; translate then takes --model.
 
 exit codes: 0 done; 2 bad arguments or unusable input; 1 a failed read or write; 130
 interrupted. Files are written under a temporary name and renamed when complete, so
@@ -93,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint_dir",
         type=Path,
         help="a training run's checkpoints (e.g. output/checkpoints); the image size and "
-        "N4 setting come from config.json beside it",
+        "preprocessing come from config.json beside it",
     )
     source.add_argument(
         "--model",
@@ -106,9 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="output file or folder (see below)")
     parser.add_argument(
         "--axis",
-        default="axial",
         choices=("axial", "coronal", "sagittal", "0", "1", "2"),
-        help="volumes: the slice plane, or a voxel axis 0-2 (default: axial)",
+        help="volumes: the slice plane, or a voxel axis 0-2 (default: the plane of the "
+        "training volumes for a model trained on volumes, else axial)",
+    )
+    parser.add_argument(
+        "--preprocess_per",
+        default="auto",
+        choices=("auto", *PREPROCESSED_PER),
+        help="volumes: N4 and normalization per volume (before cutting) or per slice; "
+        "default auto: as the model's training data were, per slice when not recorded",
     )
     parser.add_argument(
         "--preprocess",
@@ -298,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     kind = input_kind(args.input)
+    if args.preprocess_per == "volume" and kind in ("image", "images"):
+        parser.error("--preprocess_per volume needs a NIfTI volume or DICOM series as --input")
     target = output_target(parser, args, kind)
     check_before_tensorflow(args, kind)
 
@@ -334,7 +353,7 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
         inputs = [args.input]
     source = args.model if args.model is not None else args.checkpoint_dir
     generator = translation.load_generator(source, args.direction)
-    axis = int(args.axis) if args.axis.isdigit() else args.axis
+    axis = int(args.axis) if args.axis and args.axis.isdigit() else args.axis
     progress = not args.quiet
 
     if kind in ("nifti", "dicom"):
@@ -342,6 +361,7 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             generator,
             volume,
             axis=axis,
+            preprocess_per=None if args.preprocess_per == "auto" else args.preprocess_per,
             n4=args.preprocess,
             intensity=args.intensity,
             batch_size=args.batch_size,

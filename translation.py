@@ -1,9 +1,11 @@
 """Use a trained generator: translate slices, NIfTI volumes and DICOM series.
 
 The flow is one way, as in training: files (`scan_io`) -> float32 slices -> the training
-preprocessing (`preprocessing.preprocess_slice`: N4, normalization to [0, 1], resampling
-to the model size) -> the generator (`inference.Generator`) -> [0, 1] -> resampled back to
-each slice's own size -> the output intensity scale -> files with the input's geometry.
+preprocessing (N4, normalization to [0, 1], resampling to the model size: per slice with
+`preprocessing.preprocess_slice`, or for a model trained on volumes one pass over the whole
+volume with `preprocessing.preprocess_volume`, then cut) -> the generator
+(`inference.Generator`) -> [0, 1] -> resampled back to each slice's own size -> the output
+intensity scale -> files with the input's geometry.
 
     generator = load_generator("output/export/t1_to_t2.keras")
     t2 = translate_volume(generator, nib.load("sub-01_T1w.nii.gz"))
@@ -23,7 +25,15 @@ import numpy as np
 
 from errors import DataError
 from inference import DEFAULT_BATCH_SIZE, Generator, as_generator, load_generator
-from preprocessing import UPPER_PERCENTILE, foreground_mask, preprocess_slice, resample_to
+from preprocessing import (
+    PREPROCESSED_PER,
+    UPPER_PERCENTILE,
+    Preprocessed,
+    foreground_mask,
+    preprocess_slice,
+    preprocess_volume,
+    resample_to,
+)
 from scan_io import (
     cast_output,
     check_volume_shape,
@@ -61,11 +71,12 @@ def translate_slices(
 ) -> list[np.ndarray]:
     """Translate 2-D slices of any size and intensity scale; each keeps its own size.
 
-    Each slice is preprocessed as in training (N4 if `n4`, default: as the model was
-    trained; its minimum -> 0 and the 99.5th percentile of its foreground -> 1;
-    resampled to the model size), translated in batches of `batch_size`, and resampled
-    back (ANTsPy, linear). Returns float32 arrays of the input shapes, in [0, 1].
-    `on_batch(count)` is called after each batch, for progress bars.
+    Each slice is preprocessed on its own, as training preprocesses a 2-D image (N4 if
+    `n4`, default: as the model was trained; its minimum -> 0 and the 99.5th percentile
+    of its foreground -> 1; resampled to the model size), translated in batches of
+    `batch_size`, and resampled back (ANTsPy, linear). Returns float32 arrays of the
+    input shapes, in [0, 1]. `on_batch(count)` is called after each batch, for progress
+    bars.
     """
     generator = as_generator(model)
     n4 = generator.n4 if n4 is None else n4
@@ -77,13 +88,19 @@ def translate_slices(
             if array.ndim != 2:
                 raise ValueError(f"slices must be 2-D arrays, got shape {array.shape}")
         batch = np.stack([preprocess_slice(array, height, width, n4) for array in chunk])
-        outputs = generator.translate_unit(batch, batch_size)
-        translated.extend(
-            resample_to(output, *array.shape) for output, array in zip(outputs, chunk, strict=True)
-        )
+        translated += translate_batch(generator, batch, [array.shape for array in chunk])
         if on_batch is not None:
             on_batch(len(chunk))
     return translated
+
+
+def translate_batch(
+    generator: Generator, batch: np.ndarray, shapes: Sequence[tuple[int, ...]]
+) -> list[np.ndarray]:
+    """Preprocessed slices, (N, H, W) at the model size in [0, 1], translated in one
+    forward pass; each resampled to its shape in `shapes` (ANTsPy, linear)."""
+    outputs = generator.translate_unit(batch, len(batch))
+    return [resample_to(output, *shape) for output, shape in zip(outputs, shapes, strict=True)]
 
 
 def intensity_range(array: np.ndarray) -> tuple[float, float]:
@@ -116,7 +133,8 @@ def translate_volume(
     model: Generator | keras.Model,
     image: nib.Nifti1Image,
     *,
-    axis: str | int = "axial",
+    axis: str | int | None = None,
+    preprocess_per: str | None = None,
     n4: bool | None = None,
     intensity: str = "input",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -126,36 +144,66 @@ def translate_volume(
 
     axis: "axial", "coronal", "sagittal" (the voxel axis closest to that plane's normal
     in the affine; "axial" is the third voxel axis for the usual axial acquisition), or a
-    voxel axis 0, 1, 2. Each slice is shown to the generator as the training PNGs were
-    made (`dataset/make_demo.py`): taken from the volume flipped to RAS, rotated 90
-    degrees so anterior (or superior) is up; the result goes back to the voxel order of
-    the input. Slices with under 1 % foreground (measured against the whole volume) are
-    not translated and stay background. intensity "input" maps [0, 1] to [minimum,
-    99.5th percentile of the foreground] of the whole input volume; "unit" keeps [0, 1].
-    Returns a float32 image of the input's class with its affine, qform/sform and zooms.
+    voxel axis 0, 1, 2; default: the plane a model trained on volumes was cut along,
+    else "axial". Each slice is shown to the generator as the training PNGs were made
+    (`dataset/make_demo.py`): taken from the volume flipped to RAS, rotated 90 degrees so
+    anterior (or superior) is up; the result goes back to the voxel order of the input.
+    Slices with under 1 % foreground (measured against the whole volume) are not
+    translated and stay background.
+
+    preprocess_per: "volume" preprocesses the whole volume as training preprocesses a
+    NIfTI volume (`preprocessing.preprocess_volume`: one 3-D N4, minimum -> 0 and the
+    99.5th percentile of the volume's foreground -> 1), then cuts it and resamples each
+    slice to the model size; "slice" preprocesses each slice on its own, as training
+    preprocesses a 2-D image (`preprocessing.preprocess_slice`); None (default): as the
+    model's training inputs were (`Generator.preprocessed_per`; per slice when not
+    recorded). n4: N4 on or off in either; None (default): as in training.
+
+    intensity "input" maps [0, 1] to [minimum, 99.5th percentile of the foreground] of
+    the whole input volume; "unit" keeps [0, 1]. Returns a float32 image of the input's
+    class with its affine, qform/sform and zooms.
     """
     generator = as_generator(model)
+    per = preprocessing_of(generator, preprocess_per)
+    if axis is None:
+        axis = generator.slice_axis if generator.preprocessed_per == "volume" else "axial"
+    n4 = generator.n4 if n4 is None else n4
     data = volume_data(image)
     slices = generator_view(data, image.affine, axis)
     # The foreground threshold comes from the whole volume, so a slice through the edge of
     # the head counts as the head, and one through air as air.
     chosen = np.flatnonzero(foreground_mask(slices).mean(axis=(1, 2)) >= MIN_FOREGROUND_FRACTION)
 
-    bar = keras.utils.Progbar(len(chosen), unit_name="slice") if progress and len(chosen) else None
     started = time.perf_counter()
-    translated = translate_slices(
-        generator,
-        [slices[index] for index in chosen],
-        n4=n4,
-        batch_size=batch_size,
-        on_batch=bar.add if bar is not None else None,
-    )
+    whole = None
+    if per == "volume" and len(chosen):
+        whole = preprocess_whole_volume(image, data, generator.image_shape, axis, n4)
+        chosen = np.asarray(whole.indices)
+    bar = keras.utils.Progbar(len(chosen), unit_name="slice") if progress and len(chosen) else None
+    on_batch = bar.add if bar is not None else None
+    if whole is not None:
+        translated = []
+        for start in range(0, len(chosen), batch_size):
+            batch = whole.slices[start : start + batch_size]
+            translated += translate_batch(generator, batch, [slices.shape[1:]] * len(batch))
+            if on_batch is not None:
+                on_batch(len(batch))
+    else:
+        translated = translate_slices(
+            generator,
+            [slices[index] for index in chosen],
+            n4=n4,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
     seconds = time.perf_counter() - started
     log.info(
-        "Translated %d of %d slices (the other %d are background) in %.1f s: %.2f slices/s",
+        "Translated %d of %d slices (the other %d are background), preprocessed per %s, "
+        "in %.1f s: %.2f slices/s",
         len(chosen),
         len(slices),
         len(slices) - len(chosen),
+        per,
         seconds,
         len(chosen) / seconds if seconds > 0 else 0.0,
     )
@@ -167,6 +215,48 @@ def translate_volume(
     )
     description = f"mri-gan {generator.direction or 'translation'} (synthetic, research only)"
     return nifti_like(image, values, description)
+
+
+def preprocessing_of(generator: Generator, preprocess_per: str | None = None) -> str:
+    """The preprocessing to use, "slice" or "volume": `preprocess_per` if given, else how
+    the generator's training inputs were preprocessed, else (not recorded) "slice"."""
+    if preprocess_per is not None:
+        if preprocess_per not in PREPROCESSED_PER:
+            raise ValueError(
+                f"preprocess_per must be one of {PREPROCESSED_PER} or None, got {preprocess_per!r}"
+            )
+        return preprocess_per
+    if generator.preprocessed_per is None:
+        log.info(
+            "The model does not record whether it was trained on volumes: preprocessing "
+            "per slice (preprocess_per='volume', --preprocess_per volume, if it was)"
+        )
+        return "slice"
+    return generator.preprocessed_per
+
+
+def preprocess_whole_volume(
+    image: nib.Nifti1Image,
+    data: np.ndarray,
+    image_shape: tuple[int, int],
+    axis: str | int,
+    n4: bool,
+) -> Preprocessed:
+    """The slices of `image` (voxels `data`) with under 1 % foreground left out, made as
+    training makes those of a NIfTI volume (`preprocessing.preprocess_volume`): one N4
+    and one normalization for the whole volume, then cut along `axis` and resampled to
+    `image_shape`. Raises DataError if the slices are too small to use."""
+    log.info("Preprocessing the whole volume (N4 %s), as in training", "on" if n4 else "off")
+    try:
+        return preprocess_volume(
+            nifti_like(image, data),
+            *image_shape,
+            n4=n4,
+            slice_axis=axis,
+            min_foreground=MIN_FOREGROUND_FRACTION,
+        )
+    except ValueError as error:
+        raise DataError(f"volume cannot be preprocessed as a whole: {error}") from error
 
 
 def volume_data(image: nib.Nifti1Image) -> np.ndarray:
@@ -203,12 +293,13 @@ def translate_image_files(
 ) -> ImageResult:
     """Translate image files, each written to `output_path(input, dtype)`.
 
-    output_dtype: uint8, uint16 or float32; default each input's own (8-bit -> uint8,
-    16-bit -> uint16, float or 32-bit -> float32). intensity "input" maps [0, 1] to
-    [minimum, 99.5th percentile of the foreground] of each input image; "unit" keeps
-    [0, 1] (integer files: the full 0..255 or 0..65535). An unreadable file is skipped
-    with a warning naming it; a nearly empty image (under 1 % foreground) is written as
-    background. Values that `output_dtype` cannot hold raise DataError: never clipped.
+    Each image is preprocessed on its own (`translate_slices`). output_dtype: uint8,
+    uint16 or float32; default each input's own (8-bit -> uint8, 16-bit -> uint16, float
+    or 32-bit -> float32). intensity "input" maps [0, 1] to [minimum, 99.5th percentile
+    of the foreground] of each input image; "unit" keeps [0, 1] (integer files: the full
+    0..255 or 0..65535). An unreadable file is skipped with a warning naming it; a
+    nearly empty image (under 1 % foreground) is written as background. Values that
+    `output_dtype` cannot hold raise DataError: never clipped.
     """
     generator = as_generator(model)
     written: list[Path] = []

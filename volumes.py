@@ -35,6 +35,14 @@ def generator_view(volume: np.ndarray, affine: np.ndarray, axis: str | int = "ax
     return np.ascontiguousarray(np.rot90(stack, axes=(1, 2)))
 
 
+def view_shape(
+    shape: tuple[int, ...], affine: np.ndarray, axis: str | int = "axial"
+) -> tuple[int, int, int]:
+    """The shape of `generator_view` of a volume of `shape`, without its voxels:
+    (slices, rows, columns). A header's shape and affine are enough."""
+    return generator_view(np.broadcast_to(np.False_, shape), affine, axis).shape
+
+
 def from_generator_view(
     slices: np.ndarray, affine: np.ndarray, axis: str | int = "axial"
 ) -> np.ndarray:

@@ -29,7 +29,7 @@ from benchmarks.summary import report  # noqa: E402
 SUBJECTS = {
     "test": (
         "--n_train_subjects", "0", "--n_test_subjects", "3", "--test_slices_per_subject", "15",
-        "--first_test_subject", "21", "--no_volume",
+        "--first_test_subject", "21", "--no_volume", "--n_lesion_subjects", "0",
     ),
     "validation": VALIDATION_FLAGS,
 }  # fmt: skip

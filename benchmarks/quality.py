@@ -55,8 +55,8 @@ class Recipe:
 BATCH_1 = ("--batch_size", "1")
 RECIPES: dict[str, Recipe] = {
     "reference": Recipe(
-        (*BATCH_1, "--lambda_identity", "0", "--lambda_structure", "1"),
-        about="what the README recommends",
+        (*BATCH_1, "--lambda_identity", "0", "--generator_filters", "32", "--critic_filters", "32"),
+        about="what the README recommends (docs/quality.md)",
     ),
     "defaults": Recipe((), about="main.py's defaults: batch 16, U-Net 64, identity 0.5, pool 50"),
     "defaults_b1": Recipe(BATCH_1, about="the defaults at batch 1"),
@@ -76,7 +76,7 @@ METRICS = {"ssim": "ssim", "psnr": "psnr", "mae": "mae", "masked_ssim": "head_ss
 UNBOUNDED_EPOCHS = 1_000_000
 VALIDATION_FLAGS = (
     "--n_train_subjects", "0", "--n_test_subjects", "5", "--test_slices_per_subject", "9",
-    "--first_test_subject", "31", "--no_volume",
+    "--first_test_subject", "31", "--no_volume", "--n_lesion_subjects", "0",
 )  # fmt: skip
 
 

@@ -1,12 +1,17 @@
 """Time the translation of a NIfTI volume, slice by slice, with a U-Net generator.
 
     python -m benchmarks.translate_volume --size 256 --slices 48 [--json]
+    python -m benchmarks.translate_volume --volume dataset/Test/volumes/sub-21_T1w.nii.gz \\
+        --preprocess_per volume --json
 
 Builds a generator of the size asked (random weights: speed does not depend on them)
-and a synthetic head-like volume of `--slices` slices of size x size, then times
-`translation.translate_volume` twice: without N4 (generator plus normalization and
-resampling) and with N4 on every slice, as training preprocesses. The forward pass is
-also timed alone. The last line printed is the summary (one JSON object with --json).
+and a synthetic head-like volume of `--slices` slices of size x size (or reads
+`--volume`), then times `translation.translate_volume` without and with N4, for each
+preprocessing asked: per slice (each slice normalized and, with N4, corrected on its
+own, as training preprocesses 2-D images) and per volume (one 3-D N4 and normalization
+of the whole volume, then cut, as training preprocesses NIfTI volumes). The forward pass
+is also timed alone. Rates count every slice of the volume, background ones included.
+The last line printed is the summary (one JSON object with --json).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import time
 from benchmarks.summary import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# --preprocess_per: which preprocessing to time.
+PREPROCESSING = {"slice": ("slice",), "volume": ("volume",), "both": ("slice", "volume")}
 
 
 def head_volume(size: int, slices: int):
@@ -35,52 +43,74 @@ def head_volume(size: int, slices: int):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="slice height and width")
-    parser.add_argument("--slices", type=int, default=48)
+    parser.add_argument("--size", type=int, default=256, help="model height and width")
+    parser.add_argument("--slices", type=int, default=48, help="slices of the synthetic volume")
+    parser.add_argument("--volume", help="a NIfTI file to translate instead (axial slices)")
+    parser.add_argument(
+        "--preprocess_per",
+        choices=tuple(PREPROCESSING),
+        default="both",
+        help="the preprocessing to time (default: both)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="slices per forward pass")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import keras
+    import nibabel as nib
     import numpy as np
 
     import inference
     import translation
     from mri_gan import unet_generator
+    from volumes import view_shape
 
     keras.utils.set_random_seed(0)
     generator = inference.Generator(
         unet_generator(args.size, args.size, "t1_to_t2"), "t1_to_t2", n4=True
     )
-    volume = head_volume(args.size, args.slices)
+    volume = nib.load(args.volume) if args.volume else head_volume(args.size, args.slices)
+    volume.get_fdata()  # read now, not in the first timed run
+    slices, rows, columns = view_shape(volume.shape, volume.affine, "axial")
 
     batch = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 1))
     generator(batch)  # traces the compiled forward pass that translation uses
     started = time.perf_counter()
-    repeats = max(1, args.slices // args.batch)
+    repeats = max(1, slices // args.batch)
     for _ in range(repeats):
         generator(batch)
     forward_rate = repeats * args.batch / (time.perf_counter() - started)
 
-    rates = {}
-    for n4 in (False, True):
-        started = time.perf_counter()
-        translation.translate_volume(generator, volume, n4=n4, batch_size=args.batch)
-        rates[n4] = args.slices / (time.perf_counter() - started)
     result = {
         "size": args.size,
-        "slices": args.slices,
+        "volume": args.volume or "synthetic",
+        "slices": slices,
+        "slice_shape": [rows, columns],
         "batch": args.batch,
         "forward_slices_per_s": round(forward_rate, 2),
-        "volume_slices_per_s_no_n4": round(rates[False], 2),
-        "volume_slices_per_s_n4": round(rates[True], 2),
     }
+    parts = []
+    for per in PREPROCESSING[args.preprocess_per]:
+        # Per slice keeps the key names of earlier versions of this benchmark.
+        suffix = "" if per == "slice" else "_per_volume"
+        for n4 in (False, True):
+            started = time.perf_counter()
+            translation.translate_volume(
+                generator, volume, axis="axial", preprocess_per=per, n4=n4, batch_size=args.batch
+            )
+            seconds = time.perf_counter() - started
+            name = "n4" if n4 else "no_n4"
+            result[f"volume_seconds_{name}{suffix}"] = round(seconds, 2)
+            result[f"volume_slices_per_s_{name}{suffix}"] = round(slices / seconds, 2)
+        parts.append(
+            f"per {per}: {result[f'volume_seconds_no_n4{suffix}']} s without N4, "
+            f"{result[f'volume_seconds_n4{suffix}']} s with N4"
+        )
     return report(
-        f"translate_volume {args.size}x{args.size}x{args.slices}, batch {args.batch}: "
-        f"forward pass {result['forward_slices_per_s']} slices/s; whole volume "
-        f"{result['volume_slices_per_s_no_n4']} slices/s without N4, "
-        f"{result['volume_slices_per_s_n4']} slices/s with N4",
+        f"translate_volume {result['volume']} ({slices} slices of {rows}x{columns}) at "
+        f"{args.size}x{args.size}, batch {args.batch}: forward pass "
+        f"{result['forward_slices_per_s']} slices/s; whole volume " + "; ".join(parts),
         result,
         args.json,
     )

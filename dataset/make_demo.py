@@ -9,7 +9,9 @@ The anatomy is the MNI ICBM152 2009 symmetric template that ships inside the nil
 wheel (T1 template plus grey- and white-matter probability maps, 1 mm).  Each simulated
 subject is that anatomy under a random smooth deformation, imaged with a spin-echo
 signal model and BrainWeb's 1.5 T tissue parameters, then corrupted by a smooth
-multiplicative bias field and Rician noise.  dataset/README.md lists every parameter.
+multiplicative bias field and Rician noise.  A few further subjects get simulated
+white-matter lesions (BrainWeb's MS-lesion tissue) and form a paired lesion test set
+with a mask per slice.  dataset/README.md lists every parameter.
 
 Output layout (under ``output_dir``)::
 
@@ -19,6 +21,9 @@ Output layout (under ``output_dir``)::
     Test/T2/sub-21_z031.png ...         the same slices in T2w (paired, same file names)
     Test/volumes/sub-21_T1w.nii.gz      the first held-out subject as 3D volumes
     Test/volumes/sub-21_T2w.nii.gz
+    Test/lesions/T1/sub-41_z052.png ... subjects with lesions, T1w (paired, as Test/)
+    Test/lesions/T2/sub-41_z052.png     the same slices in T2w
+    Test/lesions/masks/sub-41_z052.png  their lesion masks (8-bit, 255 = lesion)
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import inspect
 import io
 import time
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,6 +75,10 @@ TISSUES: tuple[Tissue, ...] = (
 )
 TISSUE_NAMES: tuple[str, ...] = tuple(tissue.name for tissue in TISSUES)
 BRAIN_TISSUES = ("csf", "gm", "wm")
+# BrainWeb's "MS lesion" class at 1.5 T, from the same tissue table (class 10 of
+# https://brainweb.bic.mni.mcgill.ca/brainweb/tissue_mr_parameters.txt; the lesions of
+# its MS brain phantoms).  Only lesion subjects have it, as one more tissue after TISSUES.
+LESION = Tissue("lesion", pd=0.76, t1_ms=752.0, t2_ms=237.0)
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,26 @@ MIN_SLICE_AREA_FRACTION = 0.25
 VOLUME_CROP_MARGIN = 6  # pixels kept around the head when cropping the NIfTI volumes
 INTENSITY_PERCENTILE = 99.5  # of a subject's head voxels, mapped to 255
 
+# Lesions: ellipsoids whose semi-axes are drawn from LESION_SEMI_AXIS_MM, each centred
+# at least (its longest semi-axis + LESION_WM_MARGIN_MM) inside the template's white
+# matter (WM >= 0.5), so it lies in white matter and is ringed by it.  The deepest
+# template white matter is 11 mm from its edge, which bounds the size.
+LESION_COUNT_RANGE = (4, 6)  # lesions per subject, inclusive
+LESION_SEMI_AXIS_MM = (3.0, 7.0)
+LESION_WM_MARGIN_MM = 1.0
+# A lesion slice shows at least this much lesion (mask pixels, lesion fraction >= 0.5).
+MIN_LESION_AREA_MM2 = 12.0
+# The deformation moves a template slice by up to a few mm in z, so the slices searched
+# for lesion reach this far beyond each lesion's template extent.
+LESION_Z_SEARCH_MARGIN_MM = 8
+# Lesion subjects are numbered from here (or after the last other subject, if higher).
+FIRST_LESION_SUBJECT = 41
+
 # Independent random streams per subject, so a subject's images depend only on
 # (seed, subject number) and not on how many other subjects are generated.
 _ANATOMY_STREAM, _SLICE_STREAM = 0, 1
 _SEQUENCE_STREAM = {"T1w": 2, "T2w": 3}
+_LESION_STREAM = 4
 _Z_CHUNK = 16  # slices simulated at once, to bound memory for the full volume
 
 
@@ -386,6 +411,104 @@ def choose_slices(
     return tuple(int(v) for v in np.clip(z, low, high))
 
 
+# ---------------------------------------------------------------------------- lesions
+@dataclass(frozen=True)
+class Lesion:
+    """One simulated lesion: an ellipsoid in template voxels (1 mm).
+
+    centre: (3,) template voxel; semi_axes_mm: (3,); rotation: (3, 3), the ellipsoid's
+    axes as columns.
+    """
+
+    centre: np.ndarray
+    semi_axes_mm: np.ndarray
+    rotation: np.ndarray
+
+
+def with_lesion_tissue(subject: Subject) -> Subject:
+    """The subject with LESION appended as one more tissue (after TISSUE_NAMES).
+
+    Its PD, T1 and T2 are LESION's times the subject's own white-matter jitter, so the
+    lesion-to-white-matter contrast is BrainWeb's in every subject: jittered apart, the
+    two T1 could meet and the lesion vanish on T1w.
+    """
+    wm = TISSUE_NAMES.index("wm")
+    nominal_wm = TISSUES[wm]
+    return replace(
+        subject,
+        pd=np.append(subject.pd, LESION.pd * subject.pd[wm] / nominal_wm.pd),
+        t1_ms=np.append(subject.t1_ms, LESION.t1_ms * subject.t1_ms[wm] / nominal_wm.t1_ms),
+        t2_ms=np.append(subject.t2_ms, LESION.t2_ms * subject.t2_ms[wm] / nominal_wm.t2_ms),
+    )
+
+
+def _white_matter_depth(template: TissueTemplate) -> np.ndarray:
+    """Distance (mm) of each template voxel inside the white matter (WM >= 0.5) from its edge."""
+    wm = template.fractions[TISSUE_NAMES.index("wm")]
+    return ndimage.distance_transform_edt(wm >= 0.5)
+
+
+def draw_lesions(template: TissueTemplate, seed: int, number: int) -> tuple[Lesion, ...]:
+    """Subject ``number``'s lesions, from its own random stream (seed, number, lesion).
+
+    LESION_COUNT_RANGE ellipsoids, semi-axes from LESION_SEMI_AXIS_MM, randomly turned,
+    each centred on a random template voxel of the slice range that lies at least its
+    longest semi-axis + LESION_WM_MARGIN_MM deep in the white matter.
+    """
+    rng = np.random.default_rng([seed, number, _LESION_STREAM])
+    depth = _white_matter_depth(template)
+    low, high = template.slice_range
+    depth[:, :, :low] = 0
+    depth[:, :, high + 1 :] = 0
+    lesions = []
+    for _ in range(int(rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1))):
+        semi_axes = rng.uniform(*LESION_SEMI_AXIS_MM, size=3)
+        rotation = _rotation(rng.uniform(-np.pi, np.pi, size=3))
+        candidates = np.flatnonzero(depth >= semi_axes.max() + LESION_WM_MARGIN_MM)
+        centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], depth.shape))
+        lesions.append(Lesion(centre.astype(float), semi_axes, rotation))
+    return tuple(lesions)
+
+
+def lesion_map(template: TissueTemplate, lesions: SequenceABC[Lesion]) -> np.ndarray:
+    """The lesion fraction of each template voxel: float32, the shape of one tissue map.
+
+    Inside an ellipsoid it replaces the white matter (lesion = shape * WM, so it never
+    exceeds the WM there); the ellipsoid's surface has a 1 mm linear partial-volume ramp.
+    """
+    wm = template.fractions[TISSUE_NAMES.index("wm")]
+    shape = np.zeros(wm.shape, dtype=np.float32)
+    for lesion in lesions:
+        reach = int(np.ceil(lesion.semi_axes_mm.max())) + 2
+        box = tuple(
+            slice(max(0, int(c) - reach), min(n, int(c) + reach + 1))
+            for c, n in zip(lesion.centre, wm.shape, strict=True)
+        )
+        grid = np.stack(np.meshgrid(*(np.arange(b.start, b.stop) for b in box), indexing="ij"), -1)
+        # In the ellipsoid's own axes: local = rotation.T @ (x - centre).
+        local = _transform_points(lesion.rotation.T, grid - lesion.centre)
+        radius = np.sqrt((np.square(local / lesion.semi_axes_mm)).sum(axis=-1))
+        # Distance to the surface along the ray from the centre, (r - 1) * |x| / r.
+        length = np.sqrt(np.square(local).sum(axis=-1))
+        along = np.where(radius > 1e-6, length / np.maximum(radius, 1e-6), 1.0)
+        inside = np.clip(0.5 - (radius - 1.0) * along, 0.0, 1.0).astype(np.float32)
+        shape[box] = np.maximum(shape[box], inside)
+    return shape * wm
+
+
+def _lesion_search_slices(
+    template: TissueTemplate, lesions: SequenceABC[Lesion]
+) -> tuple[int, ...]:
+    """Template z that may show a lesion after the deformation, within the slice range."""
+    low, high = template.slice_range
+    reach = LESION_Z_SEARCH_MARGIN_MM
+    z: set[int] = set()
+    for lesion in lesions:
+        centre, extent = lesion.centre[2], lesion.semi_axes_mm.max()
+        z.update(range(int(centre - extent) - reach, int(centre + extent) + reach + 1))
+    return tuple(sorted(v for v in z if low <= v <= high))
+
+
 # ---------------------------------------------------------------------------- simulation
 def output_grid(
     size: int, z_indices: SequenceABC[int], template: TissueTemplate
@@ -407,18 +530,25 @@ def output_grid(
 
 
 def simulate_tissue_fractions(
-    template: TissueTemplate, subject: Subject, z_indices: SequenceABC[int], size: int
+    template: TissueTemplate,
+    subject: Subject,
+    z_indices: SequenceABC[int],
+    size: int,
+    lesions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deform the template into ``subject`` on the output grid, only at slices z_indices.
 
     Returns fractions (n_tissues, size, size, nz) float32 and the subject's bias field
-    (size, size, nz) float32, both in volume orientation [x, y, z].
+    (size, size, nz) float32, both in volume orientation [x, y, z].  With a template-space
+    `lesions` map (`lesion_map`), the fractions gain a last row, the lesion, taken out of
+    the white matter.
     """
     shape = template.fractions.shape[1:]
     centre = template.affine[:3, :3] @ ((np.array(shape) - 1) / 2) + template.affine[:3, 3]
     to_voxel = np.linalg.inv(template.affine)
     nz = len(z_indices)
-    fractions = np.empty((len(TISSUES), size, size, nz), dtype=np.float32)
+    maps = list(template.fractions) + ([] if lesions is None else [lesions])
+    fractions = np.empty((len(maps), size, size, nz), dtype=np.float32)
     bias = np.empty((size, size, nz), dtype=np.float32)
     for start in range(0, nz, _Z_CHUNK):
         chunk = list(z_indices[start : start + _Z_CHUNK])
@@ -428,9 +558,9 @@ def simulate_tissue_fractions(
         warped += np.stack([field(points) for field in subject.displacement], axis=-1)
         voxels = (_transform_points(to_voxel[:3, :3], warped) + to_voxel[:3, 3]).T
         out_shape = (size, size, len(chunk))
-        for index in range(len(TISSUES)):
+        for index, tissue_map in enumerate(maps):
             sampled = ndimage.map_coordinates(
-                template.fractions[index],
+                tissue_map,
                 voxels,
                 order=1,
                 mode="constant",
@@ -439,6 +569,10 @@ def simulate_tissue_fractions(
             )
             fractions[index, :, :, start : start + len(chunk)] = sampled.reshape(out_shape)
         bias[:, :, start : start + len(chunk)] = subject.bias(points).reshape(out_shape)
+    if lesions is not None:
+        # Interpolation keeps lesion <= WM; the clip only absorbs rounding.
+        wm = fractions[TISSUE_NAMES.index("wm")]
+        np.maximum(wm - fractions[-1], 0.0, out=wm)
     return fractions, bias
 
 
@@ -542,7 +676,8 @@ def write_nifti_gz(path: Path, volume: np.ndarray, affine: np.ndarray, descripti
 
 @dataclass(frozen=True)
 class SliceRecord:
-    """One written PNG: path, subject name, contrast ("T1w"/"T2w"), split, template z."""
+    """One written PNG: path, subject name, contrast ("T1w"/"T2w", or "mask" for a lesion
+    mask), split ("train", "test" or "lesion"), template z."""
 
     path: Path
     subject: str
@@ -566,6 +701,9 @@ def _folders(output_dir: Path) -> dict[tuple[str, str], Path]:
         ("train", "T2w"): output_dir / "Tr2" / "TrainT2",
         ("test", "T1w"): output_dir / "Test" / "T1",
         ("test", "T2w"): output_dir / "Test" / "T2",
+        ("lesion", "T1w"): output_dir / "Test" / "lesions" / "T1",
+        ("lesion", "T2w"): output_dir / "Test" / "lesions" / "T2",
+        ("lesion", "mask"): output_dir / "Test" / "lesions" / "masks",
     }
 
 
@@ -595,16 +733,77 @@ def _scan_subject(
     """
     fractions, bias = simulate_tissue_fractions(template, subject, z_simulated, size)
     head_mask = fractions.sum(axis=0) >= 0.5
-    brain = fractions[[TISSUE_NAMES.index(name) for name in BRAIN_TISSUES]].sum(axis=0)
-    pixel_area = (FOV_MM / size) ** 2
-    brain_area = (brain >= 0.5).sum(axis=(0, 1)) * pixel_area
-    non_empty = brain_area >= MIN_SLICE_AREA_FRACTION * template.max_brain_area_mm2
+    non_empty = _non_empty_slices(template, fractions, size)
+    volumes, records = _acquire_contrasts(
+        subject, contrasts, fractions, bias, head_mask, seed, noise_free
+    )
+    return volumes, head_mask, non_empty, records
+
+
+def _non_empty_slices(template: TissueTemplate, fractions: np.ndarray, size: int) -> np.ndarray:
+    """(nz,) bool: slices whose brain (lesions included) is not nearly empty."""
+    rows = [TISSUE_NAMES.index(name) for name in BRAIN_TISSUES]
+    rows += list(range(len(TISSUES), len(fractions)))  # a lesion row is brain too
+    brain = fractions[rows].sum(axis=0)
+    brain_area = (brain >= 0.5).sum(axis=(0, 1)) * (FOV_MM / size) ** 2
+    return brain_area >= MIN_SLICE_AREA_FRACTION * template.max_brain_area_mm2
+
+
+def _acquire_contrasts(
+    subject: Subject,
+    contrasts: SequenceABC[str],
+    fractions: np.ndarray,
+    bias: np.ndarray,
+    head_mask: np.ndarray,
+    seed: int,
+    noise_free: bool,
+) -> tuple[dict[str, np.ndarray], list[Acquisition]]:
+    """Each contrast's scan as uint8 volumes (size, size, nz), and the scan records."""
     volumes, records = {}, []
     for contrast in contrasts:
         magnitude, record = acquire(subject, contrast, fractions, bias, seed, noise_free)
         volumes[contrast] = to_uint8(magnitude, head_mask)
         records.append(record)
-    return volumes, head_mask, non_empty, records
+    return volumes, records
+
+
+def _scan_lesion_subject(
+    template: TissueTemplate,
+    subject: Subject,
+    n_slices: int,
+    size: int,
+    contrasts: SequenceABC[str],
+    seed: int,
+    noise_free: bool = False,
+) -> tuple[tuple[int, ...], dict[str, np.ndarray], np.ndarray, list[Acquisition]]:
+    """Give the subject its lesions (`draw_lesions`) and scan n_slices slices that show them.
+
+    The slices are chosen from those with at least MIN_LESION_AREA_MM2 of lesion (after
+    the deformation), evenly spread over them.  Returns their template z, uint8 volumes
+    (size, size, nz) per contrast, the lesion masks (size, size, nz) bool (lesion
+    fraction >= 0.5) and the scan records.
+    """
+    lesions = draw_lesions(template, seed, subject.number)
+    subject = with_lesion_tissue(subject)
+    z_searched = _lesion_search_slices(template, lesions)
+    fractions, bias = simulate_tissue_fractions(
+        template, subject, z_searched, size, lesion_map(template, lesions)
+    )
+    masks = fractions[-1] >= 0.5
+    lesion_area = masks.sum(axis=(0, 1)) * (FOV_MM / size) ** 2
+    usable = np.flatnonzero(
+        (lesion_area >= MIN_LESION_AREA_MM2) & _non_empty_slices(template, fractions, size)
+    )
+    if usable.size == 0:  # possible only at a few pixels per lesion
+        return (), {}, masks[..., :0], []
+    count = min(n_slices, usable.size)
+    chosen = usable[np.unique(np.rint(np.linspace(0, usable.size - 1, count)).astype(int))]
+    fractions, bias, masks = fractions[..., chosen], bias[..., chosen], masks[..., chosen]
+    head_mask = fractions.sum(axis=0) >= 0.5
+    volumes, records = _acquire_contrasts(
+        subject, contrasts, fractions, bias, head_mask, seed, noise_free
+    )
+    return tuple(z_searched[k] for k in chosen), volumes, masks, records
 
 
 def _head_box(head_mask: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -630,6 +829,9 @@ def make_demo(
     template_dir: Path | None = None,
     first_test_subject: int | None = None,
     noise_free: bool = False,
+    n_lesion_subjects: int = 3,
+    lesion_slices_per_subject: int = 8,
+    first_lesion_subject: int | None = None,
 ) -> DemoManifest:
     """Generate the demo dataset into output_dir and return what was written.
 
@@ -638,36 +840,64 @@ def make_demo(
     T1w/T2w test slices; the first test subject is also written as NIfTI volumes (if
     write_volume).  `first_test_subject` numbers the test subjects from there instead
     (e.g. 31 with no training subjects: a validation set of subjects in neither the
-    training nor the test set).  `noise_free` leaves out the noise, nothing else: the
-    same slices, TR/TE and bias.  Slices are size x size 8-bit PNGs over a 256 mm field
-    of view.  The defaults reproduce the committed dataset byte for byte.
+    training nor the test set).  Then n_lesion_subjects subjects with white-matter
+    lesions give paired slices that show lesion, and a lesion mask each, under
+    Test/lesions/; they are numbered from `first_lesion_subject`, by default
+    FIRST_LESION_SUBJECT or the number after the last other subject if that is higher.
+    `noise_free` leaves out the noise, nothing else: the same slices, TR/TE and bias.
+    Slices are size x size 8-bit PNGs over a 256 mm field of view.  The defaults
+    reproduce the committed dataset byte for byte.
     """
-    if size < 16 or min(n_train_subjects, n_test_subjects) < 0:
+    if size < 16 or min(n_train_subjects, n_test_subjects, n_lesion_subjects) < 0:
         raise ValueError("need size >= 16 and non-negative subject counts")
-    if first_test_subject is not None and first_test_subject < 1:
-        raise ValueError("need first_test_subject >= 1")
-    if min(slices_per_subject, test_slices_per_subject) < 1:
+    if any(first is not None and first < 1 for first in (first_test_subject, first_lesion_subject)):
+        raise ValueError("need first_test_subject and first_lesion_subject >= 1")
+    if min(slices_per_subject, test_slices_per_subject, lesion_slices_per_subject) < 1:
         raise ValueError("need at least one slice per subject")
-    output_dir = Path(output_dir)
-    template = load_template(template_dir)
-    folders = _folders(output_dir)
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    _clear_previous_output(output_dir)
 
     t1_subjects = range(1, n_train_subjects + 1)
     t2_subjects = range(n_train_subjects + 1, 2 * n_train_subjects + 1)
     first_test = 2 * n_train_subjects + 1 if first_test_subject is None else first_test_subject
     test_subjects = range(first_test, first_test + n_test_subjects)
+    others = {*t1_subjects, *t2_subjects, *test_subjects}
+    if first_lesion_subject is None:
+        first_lesion_subject = max(FIRST_LESION_SUBJECT, max(others, default=0) + 1)
+    lesion_subjects = range(first_lesion_subject, first_lesion_subject + n_lesion_subjects)
+    if others & set(lesion_subjects):
+        # The same anatomy with and without lesions would leak the answer.
+        raise ValueError("lesion subjects must be numbered apart from the other subjects")
     plan = [(number, "train", ("T1w",), slices_per_subject) for number in t1_subjects]
     plan += [(number, "train", ("T2w",), slices_per_subject) for number in t2_subjects]
     plan += [(number, "test", ("T1w", "T2w"), test_slices_per_subject) for number in test_subjects]
+    plan += [
+        (number, "lesion", ("T1w", "T2w"), lesion_slices_per_subject) for number in lesion_subjects
+    ]
+
+    output_dir = Path(output_dir)
+    template = load_template(template_dir)
+    folders = _folders(output_dir)
+    for (split, _), folder in folders.items():
+        if split != "lesion" or n_lesion_subjects:
+            folder.mkdir(parents=True, exist_ok=True)
+    _clear_previous_output(output_dir)
 
     slices: list[SliceRecord] = []
     volumes: list[Path] = []
     acquisitions: list[Acquisition] = []
     for number, split, contrasts, n_slices in plan:
         subject = draw_subject(seed, number)
+        if split == "lesion":
+            z_kept, images, masks, records = _scan_lesion_subject(
+                template, subject, n_slices, size, contrasts, seed, noise_free
+            )
+            acquisitions += records
+            images = {**images, "mask": masks.astype(np.uint8) * np.uint8(255)}
+            for k, z in enumerate(z_kept):
+                for contrast, volume in images.items():
+                    path = folders[(split, contrast)] / f"{subject.name}_z{z:03d}.png"
+                    write_png(path, volume_slice_to_image(volume[:, :, k]))
+                    slices.append(SliceRecord(path, subject.name, contrast, split, z))
+            continue
         z_kept = choose_slices(seed, number, template.slice_range, n_slices)
         as_volume = write_volume and split == "test" and number == test_subjects[0]
         # The volume subject is simulated over the whole slab the slices come from.
@@ -711,14 +941,15 @@ def parse_args(argv: SequenceABC[str] | None = None) -> argparse.Namespace:
         prog="python -m dataset.make_demo",
         description=(
             "Simulate the demo T1w/T2w brain MRI dataset from nilearn's bundled MNI ICBM152 "
-            "2009 template (spin-echo signal, BrainWeb 1.5 T tissue parameters). With the "
+            "2009 template (spin-echo signal, BrainWeb 1.5 T tissue parameters), and a paired "
+            "test set of subjects with white-matter lesions and their masks. With the "
             "defaults it rewrites dataset/ byte for byte as committed. Files it made before "
             "(sub-*_z*.png, sub-*_T?w.nii.gz) in the output folders are replaced."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     options = {
-        "output_dir": (Path, "where Tr1/, Tr2/ and Test/ are written"),
+        "output_dir": (Path, "where Tr1/, Tr2/ and Test/ (with Test/lesions/) are written"),
         "seed": (int, "random seed; subject n uses the stream (seed, n)"),
         "n_train_subjects": (int, "training subjects per contrast (T1w and T2w are disjoint)"),
         "slices_per_subject": (int, "axial slices per training subject"),
@@ -729,6 +960,13 @@ def parse_args(argv: SequenceABC[str] | None = None) -> argparse.Namespace:
         "first_test_subject": (
             int,
             "number of the first test subject; None: the one after the training subjects",
+        ),
+        "n_lesion_subjects": (int, "subjects with white-matter lesions (Test/lesions/)"),
+        "lesion_slices_per_subject": (int, "axial slices showing lesion per lesion subject"),
+        "first_lesion_subject": (
+            int,
+            f"number of the first lesion subject; None: {FIRST_LESION_SUBJECT}, or the one "
+            "after the last other subject if higher",
         ),
     }
     for name, (kind, text) in options.items():
@@ -762,6 +1000,9 @@ def main(argv: SequenceABC[str] | None = None) -> int:
         template_dir=args.template_dir,
         first_test_subject=args.first_test_subject,
         noise_free=args.noise_free,
+        n_lesion_subjects=args.n_lesion_subjects,
+        lesion_slices_per_subject=args.lesion_slices_per_subject,
+        first_lesion_subject=args.first_lesion_subject,
     )
     for scan in manifest.acquisitions:
         print(

@@ -18,10 +18,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import evaluate
 import evaluation
 import metrics
+import reports
 from checkpoints import make_checkpoint, restore_run
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import PreprocessCache
@@ -121,6 +123,144 @@ def test_the_ssim_map_entry_is_the_window_centred_on_the_pixel_it_is_cropped_to(
     assert (columns.min(), columns.max()) == (30 - 10, 30 - 0)
     crop = metrics.window_centre_mask(np.pad(np.ones((1, 1), bool), ((20, 27), (30, 17))))
     assert crop.shape == local.shape and local[crop][0] == local.min()
+
+
+# -------------------------------------------------------------------------- lesions
+
+
+def lesion_slice(lesion_value: float, size: int = 40, wm: float = 0.5):
+    """White matter at `wm` with a disk lesion of radius 3 px at `lesion_value`, and the
+    lesion's mask."""
+    rows, columns = np.mgrid[:size, :size]
+    lesion = np.hypot(rows - 20, columns - 18) <= 3
+    image = np.full((size, size), wm, np.float32)
+    image[lesion] = lesion_value
+    return image, lesion
+
+
+def test_the_kept_fraction_is_1_for_a_copied_lesion_and_0_for_an_erased_one():
+    target, lesion = lesion_slice(0.8)  # contrast 0.8 / 0.5 = 1.6
+    predictions = [lesion_slice(value)[0] for value in (0.8, 0.5, 0.9, 0.2)]
+    values = metrics.lesion_metrics(
+        np.stack(predictions), np.stack([target] * 4), np.stack([lesion] * 4)
+    )
+    np.testing.assert_allclose(values["contrast_target"], 1.6, rtol=1e-6)
+    np.testing.assert_allclose(values["contrast_prediction"], [1.6, 1.0, 1.8, 0.4], rtol=1e-6)
+    # copied, erased (the white matter's value), exaggerated, inverted
+    np.testing.assert_allclose(values["kept_fraction"], [1.0, 0.0, 4 / 3, -1.0], atol=1e-6)
+    np.testing.assert_allclose(values["lesion_mae"], [0.0, 0.3, 0.1, 0.6], atol=1e-6)
+    assert values["lesion_ssim"][0] == pytest.approx(1.0, abs=1e-6)
+    assert values["lesion_ssim"][1] < 0.5
+
+
+def test_a_lesion_the_target_does_not_show_gets_no_kept_fraction():
+    faint, lesion = lesion_slice(0.51)  # contrast 1.02: within MIN_TARGET_CONTRAST of 1
+    values = metrics.lesion_metrics(faint[None], faint[None], lesion[None])
+    assert np.isnan(values["kept_fraction"][0]) and values["lesion_mae"][0] == 0.0
+    nothing = metrics.lesion_metrics(faint[None], faint[None], np.zeros((1, 40, 40), bool))
+    assert all(np.isnan(value[0]) for value in nothing.values())
+
+
+def test_the_ring_is_the_head_pixels_more_than_1_and_at_most_4_px_from_the_lesion():
+    lesion = np.zeros((21, 21), bool)
+    lesion[10, 10] = True
+    ring = metrics.lesion_ring(lesion)
+    assert ring[11, 11] and ring[10, 14] and ring[12, 13]  # sqrt 2, 4, sqrt 13
+    assert not ring[10, 11] and not ring[10, 15] and not ring[13, 13]  # 1, 5, sqrt 18
+    assert ring.sum() == 49 - 5  # integer points within 4 px, less those within 1 px
+    head = np.zeros((21, 21), bool)
+    head[:, :10] = True
+    assert np.array_equal(metrics.lesion_ring(lesion, head), ring & head)
+    # The ring is measured from the nearest lesion pixel, so lesions never sit in it.
+    lesion[10, 12] = True
+    assert not (metrics.lesion_ring(lesion) & lesion).any()
+    # What the contrast divides by is the ring's mean.
+    image = np.where(ring, 0.4, 0.9).astype(np.float32)
+    image[lesion] = 0.8
+    assert float(metrics.lesion_contrast(image, lesion, metrics.lesion_ring(lesion))) < 2.0
+
+
+def lesion_pairs(t1_lesion: float, t2_lesion: float) -> evaluation.PairedImages:
+    """Three paired disk heads with a lesion each, as evaluation loads them."""
+    t1, t2, lesions = [], [], []
+    for seed in range(3):
+        for images, low, value in ((t1, 0.5, t1_lesion), (t2, 0.2, t2_lesion)):
+            image = disk_slice(48, low, low + 0.05, seed)
+            image[18 + seed : 24 + seed, 20:26] = value
+            images.append(image)
+        mask = np.zeros((48, 48), bool)
+        mask[18 + seed : 24 + seed, 20:26] = True
+        lesions.append(mask)
+    t1_array, t2_array = np.stack(t1), np.stack(t2)
+    heads = evaluation.head_masks(t1_array) | evaluation.head_masks(t2_array)
+    return evaluation.PairedImages(
+        ("a", "b", "c"), t1_array, t2_array, heads, lesions=np.stack(lesions)
+    )
+
+
+def test_the_baselines_get_lesion_numbers_too_and_a_monotonic_map_cannot_keep_them(tmp_path):
+    # As in the scans: the lesion is dark on T1 and bright on T2.
+    images = lesion_pairs(t1_lesion=0.35, t2_lesion=0.6)
+    references = {
+        "t1": np.linspace(0.0, 1.0, evaluation.HISTOGRAM_LEVELS, dtype=np.float32),
+        "t2": np.linspace(0.0, 0.8, evaluation.HISTOGRAM_LEVELS, dtype=np.float32),
+    }
+    result = evaluation.evaluate_pairs(None, images, references)
+    assert set(result.lesion_values) == {
+        (d, m) for d in DIRECTIONS for m in ("identity", "histogram_matching")
+    }
+    for direction in DIRECTIONS:
+        for method in ("identity", "histogram_matching"):
+            kept = result.lesion_values[(direction, method)]["kept_fraction"]
+            assert np.all(kept < 0), (direction, method, kept)  # inverted
+    assert result.lesion_values[("t1_to_t2", "identity")]["contrast_target"].min() > 2.0
+    assert list(result.lesion_pixels) == [36, 36, 36]
+
+    statistics = result.lesion_statistics()["t1_to_t2"]["identity"]["kept_fraction"]
+    assert set(statistics) == {"median", "q1", "q3", "n"} and statistics["n"] == 3
+    assert statistics["q1"] <= statistics["median"] <= statistics["q3"] < 0
+    reports.write_lesion_csv(result, tmp_path / "lesion_metrics.csv")
+    with open(tmp_path / "lesion_metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 3 * 2 * 2 and set(metrics.LESION_METRIC_NAMES) <= set(rows[0])
+    document = reports.metrics_document(result)
+    assert document["lesions"]["n_slices_with_lesion"] == 3
+    assert "kept contrast" in reports.format_lesion_table(result)
+
+
+def write_mask_folder(folder: Path, names: list[str], size: int = 40) -> None:
+    """Masks of a 6x8 px lesion at (10..15, 12..19), 255 = lesion, one per name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((size, size), np.uint8)
+    mask[10:16, 12:20] = 255
+    for name in names:
+        Image.fromarray(mask).save(folder / name)
+
+
+def test_lesion_masks_are_resampled_as_their_images_and_must_be_of_their_size(tmp_path):
+    for contrast in ("T1", "T2"):
+        write_png_folder(tmp_path / "lesions" / contrast, 2, 40, 150, seed=1)
+    write_mask_folder(tmp_path / "lesions" / "masks", ["slice_00.png", "slice_01.png"])
+    assert (
+        evaluation.sibling_mask_dir(tmp_path / "lesions" / "T1") == tmp_path / "lesions" / "masks"
+    )
+    assert evaluation.sibling_mask_dir(tmp_path / "lesions") is None
+    pairing = evaluation.pair_files(tmp_path / "lesions" / "T1", tmp_path / "lesions" / "T2")
+    masks = evaluation.match_lesion_masks(tmp_path / "lesions" / "masks", pairing)
+    config = TrainConfig(img_height=SIZE, img_width=SIZE, n4=False)
+    images = evaluation.load_pairs(pairing.pairs, PreprocessCache(tmp_path / "cache", config))
+    images = evaluation.load_lesion_masks(images, masks, pairing.pairs)
+    assert images.lesions.shape == (2, SIZE, SIZE)
+    # 48 px at 40 px are about 48 * (32 / 40)^2 = 31 px at 32, where the images put them.
+    assert 24 <= images.lesions[0].sum() <= 40
+    rows, columns = np.nonzero(images.lesions[0])
+    assert rows.mean() == pytest.approx(12.5 * 31 / 39, abs=1.0)
+    assert columns.mean() == pytest.approx(15.5 * 31 / 39, abs=1.0)
+
+    write_mask_folder(tmp_path / "small", ["slice_00.png", "slice_01.png"], size=36)
+    small = evaluation.match_lesion_masks(tmp_path / "small", pairing)
+    with pytest.raises(DataError, match=r"small/slice_00.png is 36x36 px but its slice"):
+        evaluation.load_lesion_masks(images, small, pairing.pairs)
 
 
 # ------------------------------------------------------------------------- pairing
@@ -383,3 +523,61 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(run, tmp_path, case):
     assert expected in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["a pair without mask", "a mask of no test file"])
+def test_lesion_masks_that_do_not_match_the_pairs_are_a_one_line_error(tmp_path, case):
+    # Checked before the checkpoint is restored: an empty checkpoint folder is enough.
+    (tmp_path / "checkpoints").mkdir()
+    lesions = tmp_path / "lesions"
+    for contrast in ("T1", "T2"):
+        write_png_folder(lesions / contrast, 3, 40, 150, seed=1)
+    names = ["slice_00.png", "slice_01.png", "slice_02.png"]
+    flags = []
+    if case == "a pair without mask":
+        mask_dir = lesions / "masks"  # found beside T1 without a flag
+        write_mask_folder(mask_dir, names[:2])
+        expected = "no mask for 1 of the 3 test pairs (slice_02.png)"
+    else:
+        mask_dir = tmp_path / "other_masks"
+        write_mask_folder(mask_dir, [*names, "sub-99_z050.png"])
+        flags = ["--lesion_masks", str(mask_dir)]
+        expected = "1 of its 4 masks name no test file (sub-99_z050.png)"
+    result = run_in_process(
+        evaluate.main,
+        *("--checkpoint_dir", str(tmp_path / "checkpoints")),
+        *("--test_dir_t1", str(lesions / "T1"), "--test_dir_t2", str(lesions / "T2")),
+        *("--output_dir", str(tmp_path / "out"), *flags),
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    assert f"lesion masks {mask_dir}" in errors[0] and expected in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_scores_the_lesions_of_a_lesion_set(run, tmp_path):
+    lesions = tmp_path / "lesions"
+    for contrast, brightness in (("T1", 190), ("T2", 110)):
+        write_png_folder(lesions / contrast, 3, 40, brightness, seed=3)
+    write_mask_folder(lesions / "masks", ["slice_00.png", "slice_01.png", "slice_02.png"])
+    result = run_in_process(
+        evaluate.main,
+        *("--checkpoint_dir", str(run.config.checkpoint_dir)),
+        *("--test_dir_t1", str(lesions / "T1"), "--test_dir_t2", str(lesions / "T2")),
+        *("--output_dir", str(tmp_path / "out")),
+    )
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out" / "lesion_metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 3 * 2 * 3  # pairs x directions x methods
+    assert {row["lesion_pixels"] for row in rows} == {"30"}  # 48 px at 40 -> 32 px
+    document = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert document["lesion_masks"] == str(lesions / "masks")
+    for direction in DIRECTIONS:
+        for method in evaluation.METHODS:
+            kept = document["lesions"]["metrics"][direction][method]["kept_fraction"]
+            assert set(kept) == {"median", "q1", "q3", "n"}
+    assert (tmp_path / "out" / "lesions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "kept contrast" in result.stdout

@@ -25,6 +25,7 @@ SMALL_RUN = {
     "n_test_subjects": 2,
     "test_slices_per_subject": 4,
     "size": 96,
+    "n_lesion_subjects": 0,  # the lesion set has tests of its own
 }
 COMMITTED = demo.DATASET_DIR
 CONTRAST_DIRS = {"T1w": "T1", "T2w": "T2"}
@@ -95,6 +96,22 @@ def test_textbook_contrast_holds_for_every_jittered_subject_and_protocol():
             )
             by_name = dict(zip(demo.TISSUE_NAMES, signals, strict=True))
             assert _ordering(by_name, contrast), (number, contrast, by_name)
+
+
+def test_lesions_are_dark_on_t1w_and_bright_on_t2w_for_every_jittered_subject_and_protocol():
+    for number, contrast in itertools.product(range(1, 41), demo.SEQUENCES):
+        subject = demo.with_lesion_tissue(demo.draw_subject(seed=0, number=number))
+        sequence = demo.SEQUENCES[contrast]
+        for tr_factor, te_factor in itertools.product((0.9, 1.1), repeat=2):
+            wm, lesion = demo.spin_echo_signal(
+                subject.pd[[demo.TISSUE_NAMES.index("wm"), -1]],
+                subject.t1_ms[[demo.TISSUE_NAMES.index("wm"), -1]],
+                subject.t2_ms[[demo.TISSUE_NAMES.index("wm"), -1]],
+                sequence.tr_ms * tr_factor,
+                sequence.te_ms * te_factor,
+            )
+            # At least 5 % darker on T1w, at least twice as bright on T2w.
+            assert (lesion < 0.95 * wm) if contrast == "T1w" else (lesion > 2 * wm), number
 
 
 def test_simulated_images_have_textbook_contrast_per_tissue(template):
@@ -261,6 +278,7 @@ def test_volumes_load_and_match_the_test_slices(small_run, template):
 def test_command_line_writes_a_small_dataset(tmp_path, template):
     args = ["--output_dir", str(tmp_path), "--n_train_subjects", "1", "--slices_per_subject", "2"]
     args += ["--n_test_subjects", "1", "--test_slices_per_subject", "2", "--size", "64"]
+    args += ["--n_lesion_subjects", "0"]
     assert demo.main([*args, "--no_volume"]) == 0
     assert len(list((tmp_path / "Tr1" / "TrainT1").glob("*.png"))) == 2
     assert len(list((tmp_path / "Test" / "T2").glob("*.png"))) == 2
@@ -272,6 +290,7 @@ def test_validation_subjects_are_numbered_apart_and_their_noise_free_scans_line_
 ):
     args = ["--n_train_subjects", "0", "--n_test_subjects", "1", "--first_test_subject", "31"]
     args += ["--test_slices_per_subject", "2", "--size", "64", "--no_volume"]
+    args += ["--n_lesion_subjects", "0"]
     assert demo.main([*args, "--output_dir", str(tmp_path / "noisy")]) == 0
     assert demo.main([*args, "--output_dir", str(tmp_path / "clean"), "--noise_free"]) == 0
     for contrast in ("T1", "T2"):
@@ -287,6 +306,52 @@ def test_validation_subjects_are_numbered_apart_and_their_noise_free_scans_line_
             assert np.corrcoef(noisy_image[head], clean_image[head])[0, 1] > 0.9
 
 
+def _lesion_and_ring(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A mask PNG's lesion, and the pixels 2-4 px from it (as evaluate.py's ring)."""
+    lesion = mask == 255
+    distance = ndimage.distance_transform_edt(~lesion)
+    return lesion, (distance > 1) & (distance <= 4)
+
+
+def test_lesion_set_is_paired_masked_and_shows_the_lesions(tmp_path, template):
+    args = ["--n_train_subjects", "0", "--n_test_subjects", "0", "--n_lesion_subjects", "1"]
+    args += ["--lesion_slices_per_subject", "3", "--size", "64", "--no_volume"]
+    assert demo.main([*args, "--output_dir", str(tmp_path)]) == 0
+    folders = {name: tmp_path / "Test" / "lesions" / name for name in ("T1", "T2", "masks")}
+    names = {name: sorted(p.name for p in folder.glob("*.png")) for name, folder in folders.items()}
+    assert len(names["masks"]) == 3 and names["T1"] == names["T2"] == names["masks"]
+    assert all(name.startswith("sub-41_z") for name in names["masks"])
+    assert not list((tmp_path / "Test" / "T1").glob("*.png"))  # no lesion-free test set
+    pooled: dict[str, list[np.ndarray]] = {"T1 lesion": [], "T1 ring": [], "T2 lesion": []}
+    pooled["T2 ring"] = []
+    for name in names["masks"]:
+        mask = _read_png(folders["masks"] / name)
+        assert set(np.unique(mask)) == {0, 255}, name  # every slice shows lesion
+        lesion, ring = _lesion_and_ring(mask)
+        for contrast in ("T1", "T2"):
+            image = _read_png(folders[contrast] / name).astype(float)
+            pooled[f"{contrast} lesion"].append(image[lesion])
+            pooled[f"{contrast} ring"].append(image[ring])
+    means = {key: float(np.concatenate(values).mean()) for key, values in pooled.items()}
+    assert means["T1 lesion"] < 0.97 * means["T1 ring"], means
+    assert means["T2 lesion"] > 1.5 * means["T2 ring"], means
+
+
+def test_lesions_lie_in_white_matter_of_subjects_apart_from_the_others(tmp_path, template):
+    # The same anatomy with and without lesions would leak the answer.
+    with pytest.raises(ValueError, match="numbered apart"):
+        demo.make_demo(tmp_path, n_train_subjects=25, first_lesion_subject=41)
+    lesions = demo.draw_lesions(template, seed=0, number=41)
+    low, high = demo.LESION_COUNT_RANGE
+    assert low <= len(lesions) <= high
+    wm = template.fractions[demo.TISSUE_NAMES.index("wm")]
+    for lesion in lesions:
+        assert wm[tuple(lesion.centre.astype(int))] > 0.9
+        assert np.all((3.0 <= lesion.semi_axes_mm) & (lesion.semi_axes_mm <= 7.0))
+    fraction = demo.lesion_map(template, lesions)
+    assert fraction.max() > 0.9 and np.all(fraction <= wm)  # it replaces white matter only
+
+
 def test_command_line_defaults_are_make_demo_defaults():
     args = demo.parse_args([])
     assert args.output_dir == COMMITTED
@@ -296,6 +361,8 @@ def test_command_line_defaults_are_make_demo_defaults():
         3,
         15,
     )
+    assert (args.n_lesion_subjects, args.lesion_slices_per_subject) == (3, 8)
+    assert args.first_lesion_subject is None
 
 
 # ---------------------------------------------------------------------------- committed data
@@ -318,14 +385,37 @@ def test_committed_dataset_has_the_promised_layout():
     for path in volumes:
         image = nib.load(path)
         assert image.get_data_dtype() == np.uint8 and np.allclose(image.header.get_zooms(), 1.0)
-    data = train_t1 + train_t2 + test_t1 + test_t2 + volumes
-    assert sum(path.stat().st_size for path in data) < 20 * 1024 * 1024
+    lesions = {
+        name: sorted((COMMITTED / "Test" / "lesions" / name).glob("*.png"))
+        for name in ("T1", "T2", "masks")
+    }
+    assert len(lesions["masks"]) >= 20
+    assert [p.name for p in lesions["T1"]] == [p.name for p in lesions["T2"]]
+    assert [p.name for p in lesions["T1"]] == [p.name for p in lesions["masks"]]
+    lesion_subjects = {p.name.split("_")[0] for p in lesions["masks"]}
+    assert not (subjects[0] | subjects[1] | subjects[2]) & lesion_subjects
+    data = train_t1 + train_t2 + test_t1 + test_t2 + volumes + sum(lesions.values(), [])
+    assert sum(path.stat().st_size for path in data) < 20 * 1000 * 1000
+
+
+def test_committed_lesions_are_dark_on_t1w_and_bright_on_t2w_in_every_slice():
+    folder = COMMITTED / "Test" / "lesions"
+    for path in sorted((folder / "masks").glob("*.png")):
+        mask = _read_png(path)
+        assert set(np.unique(mask)) == {0, 255}, path.name
+        lesion, ring = _lesion_and_ring(mask)
+        t1 = _read_png(folder / "T1" / path.name).astype(float)
+        t2 = _read_png(folder / "T2" / path.name).astype(float)
+        assert t1[lesion].mean() < 0.97 * t1[ring].mean(), path.name
+        assert t2[lesion].mean() > 1.5 * t2[ring].mean(), path.name
 
 
 def test_committed_slices_are_what_the_generator_makes(tmp_path):
     # Regenerating the first T1w training subject with the default settings reproduces
     # its committed files byte for byte (each subject depends only on seed and number).
-    manifest = demo.make_demo(tmp_path, n_train_subjects=1, n_test_subjects=0, write_volume=False)
+    manifest = demo.make_demo(
+        tmp_path, n_train_subjects=1, n_test_subjects=0, n_lesion_subjects=0, write_volume=False
+    )
     regenerated = [r.path for r in manifest.slices if r.contrast == "T1w"]
     committed = sorted((COMMITTED / "Tr1" / "TrainT1").glob("sub-01_*.png"))
     assert [p.name for p in regenerated] == [p.name for p in committed]

@@ -199,6 +199,25 @@ def test_batched_passes_give_the_losses_of_separate_passes():
         assert float(batched[name]) == pytest.approx(float(tf.reduce_mean(per_example)), rel=1e-4)
 
 
+def test_without_identity_loss_the_identity_passes_are_left_out_and_nothing_else_changes():
+    config = TrainConfig(img_height=32, img_width=32, **SMALL_NETWORKS)
+    with_identity = build_model(config)
+    without = build_model(TrainConfig(**{**config.__dict__, "lambda_identity": 0.0}))
+    without.set_weights(with_identity.get_weights())
+    real_t1 = tf.random.uniform((2, 32, 32, 1), -1, 1, seed=7)
+    real_t2 = tf.random.uniform((2, 32, 32, 1), -1, 1, seed=8)
+
+    full = {k: float(v) for k, v in with_identity.losses_of(real_t1, real_t2, False).items()}
+    lean = {k: float(v) for k, v in without.losses_of(real_t1, real_t2, False).items()}
+
+    assert full["identity_loss"] > 0 and lean["identity_loss"] == 0
+    assert lean["generator_loss"] == pytest.approx(
+        full["generator_loss"] - full["identity_loss"], rel=1e-5
+    )
+    for name in set(full) - {"identity_loss", "generator_loss"}:
+        assert lean[name] == pytest.approx(full[name], rel=1e-5), name
+
+
 def test_fused_adam_matches_keras_adam():
     from training import FusedAdam
 

@@ -6,6 +6,7 @@ the third voxel axis, the other 4 slices empty.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -205,3 +206,36 @@ def test_training_on_nifti_dirs_end_to_end(tmp_path):
     assert "T1: 8 images used (8 slices of 1 volume), 0 skipped" in result.stderr
     assert (tmp_path / "out" / "export" / "t1_to_t2.keras").is_file()
     assert len(list((tmp_path / "out" / "cache").glob("*.json"))) == 2
+    # Translation will preprocess volumes for it as training did.
+    info = json.loads((tmp_path / "out" / "export" / "model.json").read_text())
+    assert {entry["preprocessed_per"] for entry in info["generators"].values()} == {"volume"}
+
+
+@pytest.mark.parametrize(
+    "volumes_written, pngs, expected",
+    [(0, 3, "slice"), (1, 0, "volume"), (1, 3, "volume"), (1, 13, "slice")],
+)
+def test_a_data_dir_is_preprocessed_per_volume_when_volumes_give_most_slices(
+    tmp_path, volumes_written, pngs, expected
+):
+    # A volume counts its 12 axial slices, empty ones included.
+    for index in range(volumes_written):
+        write_volume(tmp_path / "data" / f"sub-{index:02d}.nii.gz", head_volume(index))
+    if pngs:
+        write_png_folder(tmp_path / "data" / "slices", pngs, 40, 200, seed=0)
+
+    assert preprocessing.preprocessed_per(tmp_path / "data") == expected
+
+
+def test_the_slices_of_a_volume_count_along_the_slice_axis(tmp_path):
+    write_volume(tmp_path / "data" / "v.nii.gz", head_volume())  # 40 sagittal slices
+    write_png_folder(tmp_path / "data", 13, 40, 200, seed=0)
+
+    assert preprocessing.preprocessed_per(tmp_path / "data", "axial") == "slice"
+    assert preprocessing.preprocessed_per(tmp_path / "data", "sagittal") == "volume"
+
+
+def test_a_data_dir_that_cannot_be_searched_says_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert preprocessing.preprocessed_per(tmp_path / "nowhere") is None
+    assert preprocessing.preprocessed_per(tmp_path / "empty") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,14 +28,17 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 import checkpoints
 import files
+import inference
+import preprocessing
 import scan_io
+import translate
 import translation
 import volumes
 from checkpoints import make_checkpoint
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from errors import DataError
 from mri_gan import CycleGan
-from tests.conftest import REPO, SMALL_NETWORKS
+from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, write_png_folder
 from training import build_model
 
 SIZE = 32
@@ -260,6 +264,7 @@ def test_the_generator_view_goes_back_to_the_voxel_order(axis):
     np.testing.assert_array_equal(volumes.from_generator_view(view, affine, axis), volume)
     expected_slices = {"axial": 6, "coronal": 8, "sagittal": 7, 0: 6, 1: 7, 2: 8}[axis]
     assert view.shape[0] == expected_slices
+    assert volumes.view_shape(volume.shape, affine, axis) == view.shape
 
 
 def test_a_4d_volume_is_refused(run):
@@ -444,7 +449,14 @@ def test_help_explains_the_flags_without_loading_tensorflow():
     )
 
     assert result.returncode == 0
-    for flag in ("--direction", "--checkpoint_dir", "--model", "--axis", "--no-preprocess"):
+    for flag in (
+        "--direction",
+        "--checkpoint_dir",
+        "--model",
+        "--axis",
+        "--no-preprocess",
+        "--preprocess_per",
+    ):
         assert flag in result.stdout
     for words in ("--intensity", "99.5th percentile", "--output_dtype", "--export", "qform"):
         assert words in result.stdout
@@ -603,3 +615,223 @@ def test_cli_exports_the_generators_of_a_checkpoint(cli, run):
     np.testing.assert_allclose(
         loaded(images).numpy(), run.model.t1_to_t2(images).numpy(), atol=1e-6
     )
+
+
+# ----------------------------------------------------- preprocessing as in training
+# A volume small enough for a quick 3-D N4: 4 head slices (each over 5 % head, so
+# training's `min_foreground` keeps the same ones as translation) between 2 empty ones;
+# the top one half as bright, which normalization per slice would undo and per volume not.
+SMALL_VOLUME = (32, 32, 6)
+HEAD = [1, 2, 3, 4]
+
+
+def small_volume() -> np.ndarray:
+    volume = head_volume(SMALL_VOLUME)
+    volume[:, :, HEAD[-1]] *= 0.5
+    return volume
+
+
+@dataclass(frozen=True)
+class VolumeRun:
+    """The `run` model exported as if trained on a T1 volume dir and a T2 PNG dir."""
+
+    config: TrainConfig
+    export_dir: Path
+    volume_path: Path
+
+
+@pytest.fixture(scope="module")
+def volume_run(run, tmp_path_factory) -> VolumeRun:
+    root = tmp_path_factory.mktemp("volume_run")
+    volume_path = root / "Tr1" / "sub-01_T1w.nii.gz"
+    volume_path.parent.mkdir()
+    nib.save(nifti(small_volume(), oblique_affine()), volume_path)
+    write_png_folder(root / "Tr2", 2, 40, 120, seed=2)
+    config = dataclasses.replace(run.config, data_dir_t1=root / "Tr1", data_dir_t2=root / "Tr2")
+    checkpoints.export_generators(run.model, config, root / "export")
+    return VolumeRun(config, root / "export", volume_path)
+
+
+@pytest.fixture
+def generator_inputs(monkeypatch) -> list[np.ndarray]:
+    """The preprocessed (N, H, W) batches that every generator is given, as they come."""
+    fed: list[np.ndarray] = []
+    translate_unit = inference.Generator.translate_unit
+
+    def recording(self, images, batch_size=inference.DEFAULT_BATCH_SIZE):
+        fed.append(np.array(images))
+        return translate_unit(self, images, batch_size)
+
+    monkeypatch.setattr(inference.Generator, "translate_unit", recording)
+    return fed
+
+
+def per_slice(path: Path, n4: bool) -> np.ndarray:
+    """The head slices of a volume file preprocessed each on its own, as 2-D training images."""
+    image = nib.load(path)
+    view = volumes.generator_view(image.get_fdata(dtype=np.float32), image.affine)
+    return np.stack([preprocessing.preprocess_slice(view[k], SIZE, SIZE, n4) for k in HEAD])
+
+
+def test_the_export_records_how_each_generator_was_trained(volume_run):
+    info = json.loads((volume_run.export_dir / "model.json").read_text())
+
+    assert info["generators"]["t1_to_t2"]["preprocessed_per"] == "volume"
+    assert info["generators"]["t2_to_t1"]["preprocessed_per"] == "slice"
+    assert (info["n4"], info["upper_percentile"], info["slice_axis"]) == (True, 99.5, "axial")
+    generator = translation.load_generator(volume_run.export_dir / "t1_to_t2.keras")
+    assert (generator.preprocessed_per, generator.slice_axis, generator.n4) == (
+        "volume",
+        "axial",
+        True,
+    )
+
+
+def test_a_model_trained_on_volumes_sees_a_volume_as_training_preprocessed_it(
+    volume_run, generator_inputs
+):
+    generator = translation.load_generator(volume_run.export_dir, "t1_to_t2")
+    image = scan_io.read_nifti(volume_run.volume_path)
+
+    translated = translation.translate_volume(generator, image, intensity="unit", batch_size=3)
+
+    # Exactly what training makes of the file: one 3-D N4 and normalization, then cut.
+    trained = preprocessing.preprocess_file(volume_run.volume_path, volume_run.config)
+    assert trained.indices == tuple(HEAD) and trained.n4_calls == 1
+    assert [len(batch) for batch in generator_inputs] == [3, 1]
+    fed = np.concatenate(generator_inputs)
+    np.testing.assert_allclose(fed, trained.slices, atol=1e-5)
+    # Not what per-slice preprocessing gives: there the darker top slice is as bright as
+    # the others.
+    head = fed > 0.2
+    assert 0.4 < np.median(fed[-1][head[-1]]) < 0.6 < 0.9 < np.median(fed[0][head[0]])
+    stretched = per_slice(volume_run.volume_path, n4=True)[-1]
+    assert np.median(stretched[stretched > 0.2]) > 0.9
+    # The translations go back to those slices; the empty ones stay background.
+    view = volumes.generator_view(translated.get_fdata(dtype=np.float32), image.affine)
+    np.testing.assert_allclose(view[HEAD], generator.translate_unit(trained.slices), atol=1e-5)
+    assert translated.shape == image.shape and not view[[0, 5]].any()
+
+
+def test_an_export_that_does_not_record_it_translates_per_slice(
+    volume_run, generator_inputs, tmp_path, caplog
+):
+    old = tmp_path / "export"
+    shutil.copytree(volume_run.export_dir, old)
+    info = json.loads((old / "model.json").read_text())
+    for key in ("upper_percentile", "slice_axis"):
+        del info[key]
+    for entry in info["generators"].values():
+        del entry["preprocessed_per"]
+    (old / "model.json").write_text(json.dumps(info))
+    generator = translation.load_generator(old / "t1_to_t2.keras")
+
+    with caplog.at_level(logging.INFO, logger="translation"):
+        translation.translate_volume(
+            generator, scan_io.read_nifti(volume_run.volume_path), n4=False
+        )
+
+    assert generator.preprocessed_per is None and generator.slice_axis == "axial"
+    np.testing.assert_allclose(
+        np.concatenate(generator_inputs), per_slice(volume_run.volume_path, n4=False), atol=1e-6
+    )
+    assert "does not record whether it was trained on volumes" in caplog.text
+
+
+@pytest.mark.parametrize("trained, asked", [("volume", "slice"), ("slice", "volume")])
+def test_the_preprocessing_can_be_chosen(volume_run, generator_inputs, trained, asked):
+    direction = "t1_to_t2" if trained == "volume" else "t2_to_t1"
+    generator = translation.load_generator(volume_run.export_dir, direction)
+    assert generator.preprocessed_per == trained
+
+    translation.translate_volume(
+        generator, scan_io.read_nifti(volume_run.volume_path), preprocess_per=asked, n4=False
+    )
+
+    fed = np.concatenate(generator_inputs)
+    if asked == "slice":
+        expected = per_slice(volume_run.volume_path, n4=False)
+    else:
+        without_n4 = dataclasses.replace(volume_run.config, n4=False)
+        expected = preprocessing.preprocess_file(volume_run.volume_path, without_n4).slices
+    np.testing.assert_allclose(fed, expected, atol=1e-6)
+
+
+def test_a_model_trained_on_volumes_cuts_them_along_its_training_axis(volume_run, tmp_path):
+    coronal = dataclasses.replace(volume_run.config, slice_axis="coronal")
+    checkpoints.export_generators(build_model(coronal), coronal, tmp_path / "export")
+    generator = translation.load_generator(tmp_path / "export", "t1_to_t2")
+    image = scan_io.read_nifti(volume_run.volume_path)
+
+    # Its coronal slices, 32 x 6 voxels, are too small to preprocess: so they were chosen.
+    with pytest.raises(DataError, match="coronal slices smaller than 16 px"):
+        translation.translate_volume(generator, image, n4=False)
+    assert translation.translate_volume(generator, image, axis="axial", n4=False).shape == (
+        SMALL_VOLUME
+    )
+
+
+def test_an_export_whose_data_dir_is_gone_records_nothing_and_warns(run, tmp_path, caplog):
+    gone = dataclasses.replace(run.config, data_dir_t1=tmp_path / "moved")
+
+    checkpoints.export_generators(run.model, gone, tmp_path / "export")
+
+    info = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert info["generators"]["t1_to_t2"]["preprocessed_per"] is None
+    assert f"data dir {tmp_path / 'moved'} cannot be searched" in caplog.text
+    assert translation.load_generator(tmp_path / "export", "t1_to_t2").preprocessed_per is None
+
+
+def test_an_unknown_preprocessing_is_refused(run, volume_run, tmp_path):
+    shutil.copytree(volume_run.export_dir, tmp_path / "export")
+    info = json.loads((tmp_path / "export" / "model.json").read_text())
+    info["generators"]["t1_to_t2"]["preprocessed_per"] = "patch"
+    (tmp_path / "export" / "model.json").write_text(json.dumps(info))
+    image = scan_io.read_nifti(volume_run.volume_path)
+
+    with pytest.raises(DataError, match="preprocessed per 'patch'"):
+        translation.load_generator(tmp_path / "export", "t1_to_t2")
+    with pytest.raises(ValueError, match="preprocess_per must be one of"):
+        translation.translate_volume(run.model.t1_to_t2, image, preprocess_per="sideways")
+
+
+@pytest.mark.parametrize("asked, logged", [("auto", "per volume"), ("slice", "per slice")])
+def test_cli_preprocesses_as_the_model_was_trained_unless_told(volume_run, tmp_path, asked, logged):
+    output = tmp_path / "t2.nii.gz"
+
+    result = run_in_process(
+        translate.main,
+        *("--direction", "t1_to_t2", "--model", str(volume_run.export_dir / "t1_to_t2.keras")),
+        *("--input", str(volume_run.volume_path), "--output", str(output)),
+        *("--preprocess_per", asked, "--no-preprocess", "--quiet"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"Translated 4 of 6 slices (the other 2 are background), preprocessed {logged}" in (
+        result.stderr
+    )
+    assert nib.load(output).shape == SMALL_VOLUME
+
+
+@pytest.mark.parametrize(
+    "value, source, message",
+    [
+        ("sideways", "volume", "argument --preprocess_per: invalid choice: 'sideways'"),
+        ("volume", "image", "--preprocess_per volume needs a NIfTI volume or DICOM series"),
+    ],
+)
+def test_cli_refuses_a_preprocessing_it_cannot_do(volume_run, tmp_path, value, source, message):
+    image = next((volume_run.config.data_dir_t2).glob("*.png"))
+    source_path = volume_run.volume_path if source == "volume" else image
+    output = tmp_path / ("t2.nii.gz" if source == "volume" else "t2.png")
+
+    result = run_in_process(
+        translate.main,
+        *("--direction", "t1_to_t2", "--model", str(volume_run.export_dir / "t1_to_t2.keras")),
+        *("--input", str(source_path), "--output", str(output), "--preprocess_per", value),
+    )
+
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert not output.exists()
