@@ -22,8 +22,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.quality import VALIDATION_FLAGS  # noqa: E402
+from benchmarks.quality import VALIDATION_FLAGS, validation_dirs  # noqa: E402
 from benchmarks.summary import report  # noqa: E402
+from directions import DIRECTIONS  # noqa: E402
 
 # make_demo flags that make the noise-free scans of each paired set's subjects.
 SUBJECTS = {
@@ -33,7 +34,6 @@ SUBJECTS = {
     ),
     "validation": VALIDATION_FLAGS,
 }  # fmt: skip
-DIRECTIONS = {"t1_to_t2": "t2", "t2_to_t1": "t1"}  # direction -> the target contrast
 SCORES = {"ssim": "ssim", "masked_ssim": "head_ssim", "psnr": "psnr"}
 
 
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.subjects == "test":
             noisy_root = REPOSITORY / "dataset" / "Test"
         else:
-            noisy_root = args.output_dir / "noisy" / "Test"
-            make_demo.main(["--output_dir", str(args.output_dir / "noisy"), *VALIDATION_FLAGS])
+            noisy_root = validation_dirs(args.output_dir)[0].parent
     clean_dir = args.output_dir / f"noise_free_{args.subjects}"
     make_demo.main(["--output_dir", str(clean_dir), *SUBJECTS[args.subjects], "--noise_free"])
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         generators = {d: load_generator(args.export_dir, d) for d in DIRECTIONS}
         model = evaluation.evaluate_pairs(generators, noisy, baselines=False).summary()
     lines = []
-    for direction, target in DIRECTIONS.items():
+    for direction, (_, target) in DIRECTIONS.items():
         values = metrics.slice_metrics(clean.of(target), noisy.of(target), noisy.masks)
         ceiling = {name: round(float(values[key].mean()), 4) for key, name in SCORES.items()}
         result[direction] = {"ceiling": ceiling}

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPOSITORY))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.summary import machine_description  # noqa: E402
+from directions import DIRECTIONS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,6 @@ RECIPES: dict[str, Recipe] = {
     "structure5": Recipe((*BATCH_1, "--lambda_structure", "5"), about="MIND structure loss 5"),
     "decay": Recipe(BATCH_1, decay_fraction=0.5, about="LR decay to 0 over the last half"),
 }
-DIRECTIONS = ("t1_to_t2", "t2_to_t1")
 # history.csv / evaluation names -> the benchmark's.
 METRICS = {"ssim": "ssim", "psnr": "psnr", "mae": "mae", "masked_ssim": "head_ssim"}
 # With only a time budget, epochs are not the limit.
@@ -209,7 +209,7 @@ def read_curve(history: Path, score_every: int, offset_minutes: float) -> list[d
     rows = []
     with open(history, newline="") as stream:
         for row in csv.DictReader(stream):
-            if not row.get(f"{DIRECTIONS[0]}_ssim"):
+            if not row.get("mean_ssim"):  # an epoch that was not scored
                 continue
             point = {
                 "steps": int(row["epoch"]) * score_every,
