@@ -140,6 +140,11 @@ PATH_FIELDS = (
 )
 # The paired test set shipped with the demo data, scored during training on the demo data.
 DEMO_TEST_DIRS = (Path("dataset/Test/T1"), Path("dataset/Test/T2"))
+# The seed of the stochastic passes of `uncertainty.py` (translate.py and evaluate.py
+# --seed): the same seed gives the same uncertainty maps.
+UNCERTAINTY_SEED = 0
+# How evaluate.py brings a T2 volume into its T1's space (`volume_evaluation`).
+REGISTRATIONS = ("none", "rigid", "affine")
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

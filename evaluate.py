@@ -5,9 +5,10 @@
 
 Writes `metrics.csv`, `metrics.json` and `examples.png` to `--output_dir` and prints a
 table; with lesion masks (`--lesion_masks`, or a `masks/` folder beside the T1 folder, as
-in dataset/Test/lesions/) also `lesion_metrics.csv` and `lesions.png`. This module only
-checks the command line and calls `evaluation`; bad input is a one-line `error: ...` on
-stderr with exit code 2.
+in dataset/Test/lesions/) also `lesion_metrics.csv` and `lesions.png`; with
+`--uncertainty N` also `uncertainty_metrics.csv` and `uncertainty.png`. This module only
+checks the command line and calls `evaluation` and `uncertainty`; bad input is a
+one-line `error: ...` on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from config import positive_int
+from config import REGISTRATIONS, UNCERTAINTY_SEED, positive_int
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,6 +53,25 @@ lesions: with a mask per pair (same file name; any non-zero pixel is lesion), fr
   inside the lesion. Written to lesion_metrics.csv (a row per slice, direction and
   method), metrics.json "lesions" (median and quartiles) and lesions.png (the model's
   least, median and most kept slice per direction, mask outlined).
+volumes (--test_volumes_t1 DIR --test_volumes_t2 DIR): NIfTI volumes paired by subject
+  (BIDS sub-XX[_ses-YY]_T1w / _T2w, or IXI IXI002-Guys-0828-T1 / -T2); unpaired files
+  are named in a warning and not scored. A T2 on another grid is registered to its T1
+  (--registration rigid|affine: ants.registration, mutual information) and resampled
+  into T1 space. Each volume is translated as the model was trained and scored in the
+  head: SSIM, PSNR, MAE, and the through-plane MAE (|change between neighbouring slices
+  of the prediction - that of the target|; lower is more consistent). Written to
+  volume_metrics.csv, metrics.json "volumes" and volumes.png (an orthogonal cut).
+uncertainty (--uncertainty N): do the maps point at the errors? Per slice and direction,
+  two maps (as translate.py --uncertainty N --cycle_residual makes them): the standard
+  deviation of N stochastic passes (dropout kept on, every other pass on the input
+  mirrored left-right) and the cycle residual |back-translation - input|. Each against
+  |translation - target| over the head: Spearman rank correlation (0 = chance) and ROC
+  AUC for the 10 % head pixels of largest error (0.5 = chance); with lesion masks also
+  the AUC for the lesion pixels. Written to uncertainty_metrics.csv (a row per slice,
+  direction and map), metrics.json "uncertainty" (median, quartiles, and a sign test
+  over slices: does the map beat chance?) and uncertainty.png (input, translation,
+  |error|, both maps, lesions outlined; the slices where the uncertainty finds the
+  error worst, median, best). The table says plainly when a map does not beat chance.
 """
 
 
@@ -107,6 +127,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="preprocessing cache (default: the run's, so training images are not redone)",
     )
     parser.add_argument(
+        "--test_volumes_t1",
+        type=Path,
+        help="also score whole volumes: T1w NIfTI volumes, paired by subject with those "
+        "of --test_volumes_t2 (see below)",
+    )
+    parser.add_argument(
+        "--test_volumes_t2", type=Path, help="T2w NIfTI volumes of the same subjects"
+    )
+    parser.add_argument(
+        "--registration",
+        default="rigid",
+        choices=REGISTRATIONS,
+        help="how each T2 volume is brought into its T1's space when their grids differ "
+        "(default: %(default)s; none refuses such pairs)",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        type=int,
+        metavar="N",
+        help="also score the uncertainty map of N >= 2 stochastic passes and the cycle "
+        "residual against the real error (see below)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=UNCERTAINTY_SEED,
+        help="seed of the stochastic passes (default: %(default)s)",
+    )
+    parser.add_argument(
         "--batch_size",
         type=positive_int,
         default=16,
@@ -121,8 +170,23 @@ def fail(message: str) -> NoReturn:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Refuse missing folders before TensorFlow is loaded, so the answer is immediate."""
-    for flag in ("checkpoint_dir", "test_dir_t1", "test_dir_t2", "lesion_masks"):
+    """Refuse missing folders (and too few passes) before TensorFlow is loaded, so the
+    answer is immediate."""
+    if args.uncertainty is not None and args.uncertainty < 2:
+        fail(
+            f"--uncertainty {args.uncertainty}: give at least 2 passes (the spread of one "
+            "pass is 0)"
+        )
+    if (args.test_volumes_t1 is None) != (args.test_volumes_t2 is None):
+        fail("--test_volumes_t1 and --test_volumes_t2 go together")
+    for flag in (
+        "checkpoint_dir",
+        "test_dir_t1",
+        "test_dir_t2",
+        "lesion_masks",
+        "test_volumes_t1",
+        "test_volumes_t2",
+    ):
         path = getattr(args, flag)
         if path is None:
             continue
@@ -139,10 +203,11 @@ def evaluate(args: argparse.Namespace) -> None:
     import evaluation
     import plotting
     import reports
+    import uncertainty
     from checkpoints import restore_run
     from data_processing import PreprocessCache
     from errors import DataError
-    from inference import generators_of
+    from inference import run_generators
 
     # The test files first: a mismatch is reported before the checkpoint is restored.
     pairing = evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
@@ -151,7 +216,7 @@ def evaluate(args: argparse.Namespace) -> None:
     run_dir = args.checkpoint_dir.parent
     restored = restore_run(args.checkpoint_dir)
     config = restored.config
-    generators = generators_of(restored.model, config.n4)
+    generators = run_generators(restored)
     train_dirs = {
         "t1": args.train_dir_t1 or config.data_dir_t1,
         "t2": args.train_dir_t2 or config.data_dir_t2,
@@ -177,8 +242,29 @@ def evaluate(args: argparse.Namespace) -> None:
         images = evaluation.load_lesion_masks(images, lesion_masks, pairing.pairs)
     references = evaluation.build_histogram_references(train_dirs["t1"], train_dirs["t2"], cache)
     result = evaluation.evaluate_pairs(generators, images, references, batch_size=args.batch_size)
-
+    scores = None
+    if args.uncertainty:
+        log.info(
+            "Scoring the uncertainty maps (%d passes) and the cycle residual", args.uncertainty
+        )
+        scores = uncertainty.evaluate_maps(
+            generators, images, args.uncertainty, args.seed, batch_size=args.batch_size
+        )
     output_dir = args.output_dir or run_dir / "evaluation"
+    volumes = None
+    if args.test_volumes_t1 is not None:
+        import volume_evaluation
+
+        volumes = volume_evaluation.evaluate_volumes(
+            generators,
+            args.test_volumes_t1,
+            args.test_volumes_t2,
+            output_dir,
+            registration=args.registration,
+            histogram_references=references,
+            batch_size=args.batch_size,
+        )
+
     document = reports.metrics_document(
         result,
         checkpoint=restored.checkpoint,
@@ -191,6 +277,10 @@ def evaluate(args: argparse.Namespace) -> None:
         skipped=[f"{path}: {reason}" for path, reason in images.skipped],
         lesion_masks=str(mask_dir) if lesion_masks is not None else None,
     )
+    if scores is not None:
+        document["uncertainty"] = reports.uncertainty_document(scores)
+    if volumes is not None:
+        document["volumes"] = volumes.document()
     written = ["metrics.csv", "metrics.json", "examples.png"]
     reports.write_metrics_csv(result, output_dir / "metrics.csv")
     reports.write_json(document, output_dir / "metrics.json")
@@ -205,6 +295,17 @@ def evaluate(args: argparse.Namespace) -> None:
         )
         written += ["lesion_metrics.csv", "lesions.png"]
         print(reports.format_lesion_table(result))
+    if scores is not None:
+        reports.write_uncertainty_csv(scores, output_dir / "uncertainty_metrics.csv")
+        plotting.plot_uncertainty_examples(
+            uncertainty.example_rows(generators, images, scores, args.batch_size),
+            output_dir / "uncertainty.png",
+        )
+        written += ["uncertainty_metrics.csv", "uncertainty.png"]
+        print(reports.format_uncertainty_table(scores))
+    if volumes is not None:
+        written += [volume_evaluation.CSV_NAME, volume_evaluation.FIGURE_NAME]
+        print(volumes.table())
     print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {output_dir}")
 
 

@@ -17,7 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 # checkpoints imports mri_gan, which registers its layers: `.keras` files load in safe mode.
-from checkpoints import MODEL_INFO_NAME, read_model_info, restore_run, training_preprocessed_per
+from checkpoints import (
+    MODEL_INFO_NAME,
+    RestoredRun,
+    read_model_info,
+    restore_run,
+    training_preprocessed_per,
+)
 from config import default_of, image_size_problem
 from directions import DIRECTIONS
 from errors import DataError, first_line
@@ -66,14 +72,20 @@ class Generator:
         return self._forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     def translate_unit(
-        self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        images: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        forward: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
         """(N, H, W) preprocessed images in [0, 1] -> float32 (N, H, W) translations in
-        [0, 1], in batches of `batch_size`."""
+        [0, 1], in batches of `batch_size`. `forward` maps a (batch, H, W, 1) batch in
+        [-1, 1] to its translation in place of the generator's own pass (the stochastic
+        passes of `uncertainty`)."""
+        forward = forward or self
         height, width = self.image_shape
         outputs = [np.empty((0, height, width, 1), np.float32)]
         outputs += [
-            self(np.asarray(images[start : start + batch_size], np.float32)[..., None] * 2 - 1)
+            forward(np.asarray(images[start : start + batch_size], np.float32)[..., None] * 2 - 1)
             for start in range(0, len(images), batch_size)
         ]
         unit = (np.concatenate(outputs)[..., 0] + 1.0) / 2.0
@@ -117,6 +129,23 @@ def generators_of(model: keras.Model, n4: bool | None = None) -> dict[str, Gener
     }
 
 
+def run_generators(run: RestoredRun) -> dict[str, Generator]:
+    """{direction: Generator} of a restored training run, each with how its training
+    inputs were prepared: N4 and the slice axis from the run's config, per slice or per
+    volume from the data dir it names (`checkpoints.training_preprocessed_per`)."""
+    config = run.config
+    return {
+        direction: Generator(
+            getattr(run.model, direction),
+            direction,
+            config.n4,
+            training_preprocessed_per(config, direction),
+            config.slice_axis,
+        )
+        for direction in DIRECTIONS
+    }
+
+
 def load_generator(source: Path | str, direction: str | None = None) -> Generator:
     """One generator from a `.keras` file, an export dir, or a training checkpoint dir.
 
@@ -134,14 +163,7 @@ def load_generator(source: Path | str, direction: str | None = None) -> Generato
     if source.is_dir() and not (source / MODEL_INFO_NAME).is_file():
         if direction is None:
             raise ValueError("a checkpoint dir holds both generators: give a direction")
-        run = restore_run(source)
-        return Generator(
-            getattr(run.model, direction),
-            direction,
-            run.config.n4,
-            training_preprocessed_per(run.config, direction),
-            run.config.slice_axis,
-        )
+        return run_generators(restore_run(source))[direction]
     if source.is_dir():
         if direction is None:
             raise ValueError("an export dir holds both generators: give a direction")

@@ -22,19 +22,29 @@ Lesion metrics (`lesion_metrics`), for test slices with a lesion mask:
 - kept fraction: (contrast_prediction - 1) / (contrast_target - 1). 1: the lesion
   stands out as in the real scan; 0: erased; above 1: exaggerated; below 0: inverted.
 - MAE and SSIM inside the lesion (SSIM averaged over the windows centred in it).
+
+Does a map (an uncertainty map, a cycle residual) point at the errors? (`error_detection`)
+- rank correlation: Spearman's, between the map and |prediction - target| over the head
+  pixels (ties get their average rank); 0 is chance, 1 a map that orders the pixels
+  exactly as the error does.
+- ROC AUC for finding the worst-error pixels (the top `WORST_ERROR_FRACTION` of the head
+  by error) from the map: the chance that a worst-error pixel has a higher map value than
+  another head pixel (Mann-Whitney); 0.5 is chance.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
-from scipy import ndimage
+from scipy import ndimage, stats
 
 MAX_PSNR_DB = 100.0
 SSIM_FILTER_SIZE = 11
 # The SSIM map has one value per 11x11 window that fits in the image ('VALID'):
 # map[i, j] belongs to the window centred on image pixel (i + 5, j + 5).
 SSIM_MARGIN = SSIM_FILTER_SIZE // 2
+# tf.image.ssim's Gaussian window and constants (Wang et al. 2004).
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 METRIC_NAMES = ("ssim", "psnr", "mae", "masked_ssim", "masked_psnr", "masked_mae")
 HIGHER_IS_BETTER = {name: not name.endswith("mae") for name in METRIC_NAMES}
@@ -55,6 +65,10 @@ RING_OUTER_PX = 4.0
 # A target whose lesion contrast is within this of 1 shows no lesion to keep: the kept
 # fraction would divide by almost nothing, so it is NaN.
 MIN_TARGET_CONTRAST = 0.05
+
+DETECTION_METRIC_NAMES = ("rank_correlation", "auc")
+# The error pixels a map should find: this share of the head with the largest error.
+WORST_ERROR_FRACTION = 0.1
 
 
 def _as_pair(prediction, target) -> tuple[np.ndarray, np.ndarray]:
@@ -106,11 +120,15 @@ def psnr(prediction, target, mask=None) -> np.ndarray:
 
 
 def ssim_map(prediction, target) -> np.ndarray:
-    """The local SSIM of each 11x11 window that fits in the image, via `tf.image.ssim`.
+    """The local SSIM of each 11x11 window that fits in the image: `tf.image.ssim`'s.
 
-    prediction, target: (..., H, W) in [0, 1], H and W at least 11. Returns float32
-    (..., H - 10, W - 10) in [-1, 1]; entry [i, j] is the window centred on image pixel
-    (i + 5, j + 5). Its mean over the last two axes is `tf.image.ssim(..., max_val=1.0)`.
+    The same SSIM as `tf.image.ssim(..., max_val=1.0)` (11x11 Gaussian window, sigma
+    1.5, k1 0.01, k2 0.03, 'VALID' windows), to float32 precision, with the window
+    applied as two 1-D passes: about 20x faster than TensorFlow's 2-D convolutions on a
+    whole volume. prediction, target: (..., H, W) in [0, 1], H and W at least 11.
+    Returns float32 (..., H - 10, W - 10) in [-1, 1]; entry [i, j] is the window
+    centred on image pixel (i + 5, j + 5). Its mean over the last two axes is
+    `tf.image.ssim`.
     """
     prediction, target = _as_pair(prediction, target)
     height, width = prediction.shape[-2:]
@@ -118,12 +136,25 @@ def ssim_map(prediction, target) -> np.ndarray:
         raise ValueError(
             f"SSIM needs images of at least {SSIM_FILTER_SIZE} px, got {height}x{width}"
         )
-    batch = (-1, height, width, 1)
-    local = tf.image.ssim(
-        prediction.reshape(batch), target.reshape(batch), max_val=1.0, return_index_map=True
+    prediction, target = prediction.astype(np.float64), target.astype(np.float64)
+    offsets = np.arange(SSIM_FILTER_SIZE) - SSIM_MARGIN
+    window = np.exp(-np.square(offsets) / (2 * SSIM_SIGMA**2))
+    window /= window.sum()
+    inner = slice(SSIM_MARGIN, -SSIM_MARGIN)
+
+    def local_mean(values: np.ndarray) -> np.ndarray:
+        rows = ndimage.correlate1d(values, window, axis=-1, mode="constant")[..., inner]
+        return ndimage.correlate1d(rows, window, axis=-2, mode="constant")[..., inner, :]
+
+    mean_p, mean_t = local_mean(prediction), local_mean(target)
+    variance_p = local_mean(prediction * prediction) - mean_p * mean_p
+    variance_t = local_mean(target * target) - mean_t * mean_t
+    covariance = local_mean(prediction * target) - mean_p * mean_t
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    local = ((2 * mean_p * mean_t + c1) * (2 * covariance + c2)) / (
+        (mean_p * mean_p + mean_t * mean_t + c1) * (variance_p + variance_t + c2)
     )
-    lead = prediction.shape[:-2]
-    return local.numpy().reshape(*lead, height - 2 * SSIM_MARGIN, width - 2 * SSIM_MARGIN)
+    return local.astype(np.float32)
 
 
 def window_centre_mask(mask: np.ndarray) -> np.ndarray:
@@ -225,6 +256,93 @@ def lesion_metrics(prediction, target, lesion, head=None) -> dict[str, np.ndarra
         "lesion_mae": mae(prediction, target, lesion),
         "lesion_ssim": _masked_mean(local, window_centre_mask(lesion)),
     }
+
+
+def average_ranks(values) -> np.ndarray:
+    """The rank of each value, 1 for the smallest; tied values share their average rank.
+
+    values: any shape, finite. Returns float64 ranks of the same shape.
+    """
+    values = np.asarray(values, np.float64)
+    return stats.rankdata(values.ravel(), method="average").reshape(values.shape)
+
+
+def rank_correlation(first, second) -> float:
+    """Spearman's rank correlation of two equally long 1-D samples, ties averaged: the
+    Pearson correlation of their `average_ranks`, in [-1, 1]. NaN when either sample is
+    constant (its ranks carry no order) or has fewer than two values."""
+    first, second = np.ravel(first), np.ravel(second)
+    if first.shape != second.shape:
+        raise ValueError(f"samples of {first.size} and {second.size} values")
+    if first.size < 2:
+        return float("nan")
+    ranks = [average_ranks(sample) - (sample.size + 1) / 2 for sample in (first, second)]
+    spread = np.sqrt(np.sum(ranks[0] ** 2) * np.sum(ranks[1] ** 2))
+    return float(np.sum(ranks[0] * ranks[1]) / spread) if spread > 0 else float("nan")
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of `scores` for finding the True `labels`, 1-D alike.
+
+    The Mann-Whitney statistic: (sum of the positives' `average_ranks` among all scores
+    - n_pos (n_pos + 1) / 2) / (n_pos n_neg), the chance that a positive scores above a
+    negative, ties counting half. 0.5 is chance, 1 perfect. NaN without a positive or
+    without a negative.
+    """
+    scores, labels = np.ravel(scores), np.ravel(np.asarray(labels, bool))
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores and {labels.size} labels")
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    rank_sum = average_ranks(scores)[labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def worst_error_pixels(error, fraction: float = WORST_ERROR_FRACTION) -> np.ndarray:
+    """The pixels of a 1-D error sample at or above its (1 - fraction) quantile: bool,
+    the shape of `error`; about `fraction` of them (more where values tie at the cut)."""
+    error = np.asarray(error, np.float64)
+    return error >= np.quantile(error, 1.0 - fraction)
+
+
+def error_detection(maps, error, mask, lesion=None) -> dict[str, np.ndarray]:
+    """How well each map points at the error, per image, over the pixels of `mask`.
+
+    maps, error (|prediction - target|): (N, H, W); mask: bool (N, H, W), the head;
+    lesion: bool (N, H, W) or None. Returns {"rank_correlation": (N,), "auc": (N,)}
+    float64 (`rank_correlation`, and `roc_auc` for the `worst_error_pixels`), and with
+    `lesion` also "lesion_auc", the `roc_auc` of the map for the lesion's head pixels.
+    NaN for an image whose mask has under two pixels, whose map or error is constant
+    there (correlation), or without lesion (lesion AUC).
+    """
+    maps, error = _as_pair(maps, error)
+    mask = np.broadcast_to(np.asarray(mask, bool), maps.shape)
+    names = DETECTION_METRIC_NAMES + (("lesion_auc",) if lesion is not None else ())
+    values = {name: np.full(len(maps), np.nan) for name in names}
+    for index in range(len(maps)):
+        inside = mask[index]
+        scores, errors = maps[index][inside], error[index][inside]
+        if errors.size < 2:
+            continue
+        values["rank_correlation"][index] = rank_correlation(scores, errors)
+        values["auc"][index] = roc_auc(scores, worst_error_pixels(errors))
+        if lesion is not None:
+            values["lesion_auc"][index] = roc_auc(scores, np.asarray(lesion[index], bool)[inside])
+    return values
+
+
+def sign_test(values, chance: float) -> dict[str, float]:
+    """Do per-slice `values` lie above `chance` (AUC 0.5, correlation 0) more often than a
+    coin would put them? {"above", "below": slices on each side (ties and NaN left out),
+    "p": the one-sided binomial sign-test p-value (NaN if no slice is off chance)}."""
+    values = np.asarray(values, np.float64)
+    above, below = int(np.sum(values > chance)), int(np.sum(values < chance))
+    if above + below == 0:
+        return {"above": above, "below": below, "p": float("nan")}
+    p = stats.binomtest(above, above + below, 0.5, alternative="greater").pvalue
+    return {"above": above, "below": below, "p": float(p)}
 
 
 def median_and_quartiles(values) -> dict[str, float]:

@@ -17,6 +17,14 @@ from config import TrainConfig  # noqa: E402
 from files import atomic_path  # noqa: E402
 
 
+def save_figure(figure, path: Path, dpi: int = 80) -> None:
+    """Lay `figure` out, write it to `path` as a PNG (atomically), and close it."""
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png")
+    plt.close(figure)
+
+
 def plot_translations(
     t1: np.ndarray,
     t1_to_t2: np.ndarray,
@@ -42,10 +50,7 @@ def plot_translations(
                 axis.set_title(label)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def read_history(csv_path: Path) -> dict[str, list[float]]:
@@ -95,10 +100,7 @@ def plot_loss_curves(csv_path: Path, path: Path) -> None:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=90, format="png")
-    plt.close(figure)
+    save_figure(figure, path, dpi=90)
 
 
 def make_gif(frame_paths: list[Path], path: Path, seconds_per_frame: float = 0.5) -> None:
@@ -158,10 +160,7 @@ def plot_examples(
             axis.set_yticks([])
             axis.set_title(title, fontsize=9)
         axes[row, 0].set_ylabel(label, fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_quality_curves(
@@ -189,10 +188,7 @@ def plot_quality_curves(
             axis.set_xlabel("minutes, preprocessing included")
             axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=90)
-    plt.close(figure)
+    save_figure(figure, path, dpi=90)
 
 
 # The zoomed panels show at least this share of the image's side around the lesions.
@@ -249,7 +245,41 @@ def plot_lesion_examples(
         axes[row, 0].set_ylabel(label, fontsize=8)
     if not rows:
         axes[0, 0].set_title("no lesion slice with a kept fraction", fontsize=9)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def plot_uncertainty_examples(
+    rows: list[tuple[str, tuple[str, ...], tuple[np.ndarray, ...], np.ndarray | None]],
+    path: Path,
+) -> None:
+    """A figure of uncertainty examples, one row each: input and translation (grey,
+    [0, 1]), then |error|, the uncertainty map and the cycle residual (magma, each from 0
+    to its own 99th percentile, given in its title: brighter is larger); a lesion mask
+    is outlined in cyan on the three maps.
+
+    rows: (row label, the five panel titles, the five (H, W) images in [0, 1], the (H, W)
+    bool lesion mask or None).
+    """
+    figure, axes = plt.subplots(
+        max(len(rows), 1), 5, figsize=(12.5, 2.6 * max(len(rows), 1)), squeeze=False
+    )
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for row, (label, titles, images, lesion) in enumerate(rows):
+        for column, (image, title) in enumerate(zip(images, titles, strict=True)):
+            axis = axes[row, column]
+            if column < 2:
+                axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                # Each map on its own scale: a spread is far smaller than an error.
+                top = max(float(np.percentile(image, 99)), 1e-6)
+                axis.imshow(image, cmap="magma", vmin=0.0, vmax=top)
+                title = f"{title}\n0 to {top:.2f}"
+                if lesion is not None and lesion.any():
+                    axis.contour(lesion.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+            axis.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if not rows:
+        axes[0, 0].set_title("no slice with a score", fontsize=9)
+    save_figure(figure, path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,19 +169,32 @@ def preprocess_volume(
     data = np.asarray(image.get_fdata(dtype=np.float32))
     if min(view_shape(data.shape, image.affine, slice_axis)[1:]) < MIN_INPUT_SIDE:
         raise ValueError(f"{slice_axis} slices smaller than {MIN_INPUT_SIDE} px")
-    data = data - data.min()
-    mask = foreground_mask(data)
+    mask = foreground_mask(data - data.min())
     coverage = generator_view(mask, image.affine, slice_axis).mean(axis=(1, 2))
     chosen = tuple(int(index) for index in np.flatnonzero(coverage >= min_foreground))
     if not chosen:
         raise ValueError(f"no {slice_axis} slice with {min_foreground:.0%} foreground")
-    n4_calls = 0
-    if n4 and mask.sum() >= MIN_N4_FOREGROUND:
-        data = n4_correct(data, mask, image.header.get_zooms()[:3])
-        n4_calls = 1
-    view = generator_view(normalize_intensity(data, mask), image.affine, slice_axis)
+    n4_calls = int(n4 and mask.sum() >= MIN_N4_FOREGROUND)
+    unit = unit_volume(data, image.header.get_zooms()[:3], n4)
+    view = generator_view(unit, image.affine, slice_axis)
     slices = np.stack([resample_to(view[index], height, width) for index in chosen])
     return Preprocessed(slices, chosen, n4_calls)
+
+
+def unit_volume(data: np.ndarray, spacing: Sequence[float], n4: bool) -> np.ndarray:
+    """A whole volume normalized as training normalizes one, at its own resolution:
+    float32 in [0, 1], the shape of `data`.
+
+    The minimum subtracted, one 3-D N4 on the foreground (if `n4` and the foreground has
+    at least `MIN_N4_FOREGROUND` voxels; `spacing`: the voxel size in mm), then the
+    minimum -> 0 and the 99.5th percentile of the foreground -> 1, clipped.
+    """
+    data = np.asarray(data, np.float32)
+    data = data - data.min()
+    mask = foreground_mask(data)
+    if n4 and mask.sum() >= MIN_N4_FOREGROUND:
+        data = n4_correct(data, mask, tuple(spacing))
+    return normalize_intensity(data, mask)
 
 
 def preprocess_file(path: Path, config: TrainConfig) -> Preprocessed:

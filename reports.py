@@ -1,6 +1,7 @@
 """The written results of an evaluation: `metrics.csv` (a row per slice, direction and
 method), `metrics.json` (summary statistics and verdicts), with lesion masks
-`lesion_metrics.csv` (the same rows, for the lesion metrics), and the printed table."""
+`lesion_metrics.csv` (the same rows, for the lesion metrics), with uncertainty maps
+`uncertainty_metrics.csv` (a row per slice, direction and map), and the printed tables."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import metrics
 from directions import DIRECTIONS
 from evaluation import EvaluationResult
 from files import atomic_path
+from uncertainty import CHANCE, CHANCE_P_VALUE, UncertaintyResult
 
 
-def _write_rows(rows: list[dict[str, object]], columns: list[str], path: Path) -> None:
+def write_rows(rows: list[dict[str, object]], columns: list[str], path: Path) -> None:
+    """A CSV of `rows` under `columns`, floats to 6 significant digits, written atomically."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
@@ -26,22 +29,22 @@ def _write_rows(rows: list[dict[str, object]], columns: list[str], path: Path) -
 def write_metrics_csv(result: EvaluationResult, path: Path) -> None:
     """metrics.csv: one row per slice, direction and method; metrics to 6 significant digits."""
     columns = ["name", "direction", "method", *metrics.METRIC_NAMES, "mask_fraction"]
-    _write_rows(result.rows(), columns, path)
+    write_rows(result.rows(), columns, path)
 
 
 def write_lesion_csv(result: EvaluationResult, path: Path) -> None:
     """lesion_metrics.csv: one row per slice, direction and method, with the lesion size in
     pixels and every lesion metric (6 significant digits; nan where there is none)."""
     columns = ["name", "direction", "method", "lesion_pixels", *metrics.LESION_METRIC_NAMES]
-    _write_rows(result.lesion_rows(), columns, path)
+    write_rows(result.lesion_rows(), columns, path)
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN and infinity become null: JSON has no spelling for them."""
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -77,7 +80,7 @@ def metrics_document(result: EvaluationResult, **context) -> dict:
             "definitions": LESION_DEFINITIONS,
             "metrics": result.lesion_statistics(),
         }
-    return _json_safe(document)
+    return json_safe(document)
 
 
 def write_json(document: dict, path: Path) -> None:
@@ -130,4 +133,80 @@ def format_lesion_table(result: EvaluationResult) -> str:
             lines.append(
                 f"{direction:<9} {method:<18} " + " ".join(f"{cell:>26}" for cell in cells)
             )
+    return "\n".join(lines)
+
+
+def write_uncertainty_csv(result: UncertaintyResult, path: Path) -> None:
+    """uncertainty_metrics.csv: one row per slice, direction and map (uncertainty, cycle
+    residual), with how well the map finds the error (6 significant digits; nan where
+    there is none)."""
+    columns = ["name", "direction", "map", *result.metric_names]
+    write_rows(result.rows(), columns, path)
+
+
+UNCERTAINTY_DEFINITIONS = {
+    "uncertainty": "per-pixel standard deviation of the stochastic passes (dropout kept "
+    "on and/or left-right flips: see method), on [0, 1] images",
+    "cycle_residual": "|the translation translated back by the other generator - the input|",
+    "error": "|deterministic translation - target| on [0, 1] images",
+    "rank_correlation": "Spearman rank correlation (ties averaged) of the map with the "
+    "error over the head pixels; 0 is chance",
+    "auc": f"ROC AUC of the map for the {metrics.WORST_ERROR_FRACTION:.0%} head pixels "
+    "with the largest error (Mann-Whitney); 0.5 is chance",
+    "lesion_auc": "ROC AUC of the map for the lesion pixels among the head pixels; 0.5 is chance",
+    "beats_chance": "one-sided sign test over slices: more slices above chance than "
+    f"below, p < {CHANCE_P_VALUE:g}",
+    "statistics": "median and quartiles over slices; n: the slices with a value",
+}
+
+
+def uncertainty_document(result: UncertaintyResult) -> dict:
+    """The "uncertainty" entry of metrics.json: settings, definitions, median and
+    quartiles of each map's scores, and whether each beats chance."""
+    return json_safe(
+        {
+            "passes": result.passes,
+            "seed": result.seed,
+            "method": result.method,
+            "definitions": {
+                name: text
+                for name, text in UNCERTAINTY_DEFINITIONS.items()
+                if name not in CHANCE or name in result.metric_names
+            },
+            "metrics": result.statistics(),
+            "chance": result.chance(),
+        }
+    )
+
+
+def format_uncertainty_table(result: UncertaintyResult) -> str:
+    """The median [q1, q3] of each map's scores, one line per direction and map, then a
+    line per map saying plainly whether it beats chance, score by score."""
+    statistics, chance = result.statistics(), result.chance()
+    headers = {
+        "rank_correlation": "rank corr. with |error|",
+        "auc": "AUC, worst 10 % error",
+        "lesion_auc": "AUC, lesion pixels",
+    }
+    names = [name for name in headers if name in result.metric_names]
+    lines = [f"{'direction':<9} {'map':<15} " + " ".join(f"{headers[n]:>26}" for n in names)]
+    for direction, maps in statistics.items():
+        for name, values in maps.items():
+            cells = [
+                f"{values[metric]['median']:.3f} [{values[metric]['q1']:.3f}, "
+                f"{values[metric]['q3']:.3f}]"
+                for metric in names
+            ]
+            lines.append(f"{direction:<9} {name:<15} " + " ".join(f"{c:>26}" for c in cells))
+    for direction, maps in chance.items():
+        for name, verdicts in maps.items():
+            parts = []
+            for metric in names:
+                test = verdicts[metric]
+                answer = "beats chance" if test["beats_chance"] else "DOES NOT BEAT CHANCE"
+                parts.append(
+                    f"{headers[metric]} {answer} (above {CHANCE[metric]:g} on {test['above']} "
+                    f"of {test['above'] + test['below']} slices, p {test['p']:.2g})"
+                )
+            lines.append(f"{direction} {name}:\n  " + "\n  ".join(parts))
     return "\n".join(lines)

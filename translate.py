@@ -2,6 +2,8 @@
 
     python translate.py --direction t1_to_t2 --checkpoint_dir output/checkpoints \\
         --input sub-01_T1w.nii.gz --output sub-01_T2w_synthetic.nii.gz
+    python translate.py --direction t1_to_t2 --checkpoint_dir output/checkpoints \\
+        --input sub-01_T1w.nii.gz --output t2.nii.gz --uncertainty 8 --cycle_residual
     python translate.py --export --checkpoint_dir output/checkpoints
 
 This module only checks the command line and calls the library (`scan_io` to read and
@@ -20,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from config import EXPORT_DIR_NAME, positive_int
-from directions import DIRECTIONS, contrast_names
+from config import EXPORT_DIR_NAME, UNCERTAINTY_SEED, positive_int
+from directions import DIRECTIONS, contrast_names, reverse_of
 from errors import DataError, first_line
 from preprocessing import PREPROCESSED_PER
 from scan_io import IMAGE_SUFFIXES, WRITABLE_DTYPES
@@ -76,6 +78,22 @@ intensity:
                    taken over the whole volume for NIfTI/DICOM, per image for images.
                    Volumes get scanner-like values; background is the input's minimum.
   unit             [0, 1] floats; in a uint8/uint16 file, 0..255 or 0..65535.
+
+where is it unsure (--uncertainty N, --cycle_residual):
+  Beside the output, named after it with a suffix before the extension (t2.nii.gz ->
+  t2_mean.nii.gz; an output folder -> sibling folders out_mean/ ...), same format,
+  geometry and data type (integer images round them: --output_dtype float32 keeps
+  them fine); DICOM input gets them as NIfTI beside the NIfTI output:
+    _mean            the mean of N stochastic passes: the U-Net's dropout kept on, every
+                     other pass on the input mirrored left-right (then mirrored back)
+    _uncertainty     their per-voxel standard deviation, in the output's units (the
+                     width of the output's intensity range times the [0, 1] spread)
+    _cycle_residual  |the output translated back by the other generator - the input|,
+                     in the same units
+  The main output stays the one deterministic translation. Bright = unsure: on the
+  demo test set both maps find the worst 10 % of errors better than chance, but dark
+  is no proof: lesions rendered wrongly are mostly not flagged (docs/trust.md).
+  --seed fixes the dropout masks: the same seed gives the same maps.
 
 export:
   --export --checkpoint_dir output/checkpoints writes output/export/t1_to_t2.keras,
@@ -156,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="DICOM input only: also write the result as a new DICOM series in this folder",
     )
+    parser.add_argument(
+        "--uncertainty",
+        type=int,
+        metavar="N",
+        help="also write the mean and the standard deviation (in the output's units) of "
+        "N >= 2 stochastic passes: suffixes _mean and _uncertainty, see below",
+    )
+    parser.add_argument(
+        "--cycle_residual",
+        action="store_true",
+        help="also write |back-translation - input| (suffix _cycle_residual); needs the "
+        "other generator: --checkpoint_dir, or --model in an export folder",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=UNCERTAINTY_SEED,
+        help="seed of the stochastic passes (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--export",
@@ -193,6 +230,11 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("the following arguments are required: --" + ", --".join(missing))
     if args.checkpoint_dir is None and args.model is None:
         parser.error("give the trained model: --checkpoint_dir or --model")
+    if args.uncertainty is not None and args.uncertainty < 2:
+        fail(
+            f"--uncertainty {args.uncertainty}: give at least 2 passes (the spread of one "
+            "pass is 0)"
+        )
 
 
 def input_kind(path: Path) -> str:
@@ -337,9 +379,48 @@ def errors_as_one_line(interrupted: str, target: Path | str) -> Iterator[None]:
         fail(f"{error.strerror or error}: {error.filename or target}", EXIT_READ_WRITE_FAILED)
 
 
+def back_generator(args: argparse.Namespace):
+    """The other direction's generator, for --cycle_residual; DataError if there is none."""
+    import translation
+    from checkpoints import MODEL_INFO_NAME
+
+    reverse = reverse_of(args.direction)
+    if args.checkpoint_dir is not None:
+        return translation.load_generator(args.checkpoint_dir, reverse)
+    folder = args.model if args.model.is_dir() else args.model.parent
+    if not (folder / MODEL_INFO_NAME).is_file():
+        raise DataError(
+            f"--cycle_residual needs the {reverse} generator too: give --checkpoint_dir, or "
+            f"--model an export folder holding both .keras files ({folder} has no "
+            f"{MODEL_INFO_NAME})"
+        )
+    return translation.load_generator(folder, reverse)
+
+
+def map_targets(args: argparse.Namespace, kind: str, target: Path) -> list[Path]:
+    """Where the maps of --uncertainty and --cycle_residual go: NIfTI files beside a
+    volume's output, sibling folders of an output folder; an image's maps are named by
+    `translation`. Exits if one of them is the input."""
+    from uncertainty import MAP_NAMES, map_folder, map_path
+
+    wanted = {"mean": args.uncertainty, "uncertainty": args.uncertainty}
+    wanted["cycle_residual"] = args.cycle_residual
+    if kind == "image":
+        return []
+    place = map_folder if kind == "images" else map_path
+    targets = [place(target, name) for name in MAP_NAMES if wanted[name]]
+    for path in targets:
+        if same_path(args.input, path):
+            fail(f"a map would be written to {path}, the input; choose another --output")
+    return targets
+
+
 def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
     import scan_io
     import translation
+    from uncertainty import map_folder, map_path
+
+    map_paths = map_targets(args, kind, target)
 
     # Read the input first: a bad input fails before the model is loaded.
     if kind == "nifti":
@@ -353,13 +434,19 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
         inputs = [args.input]
     source = args.model if args.model is not None else args.checkpoint_dir
     generator = translation.load_generator(source, args.direction)
+    maps = {
+        "uncertainty": args.uncertainty or 0,
+        "seed": args.seed,
+        "back_model": back_generator(args) if args.cycle_residual else None,
+    }
     axis = int(args.axis) if args.axis and args.axis.isdigit() else args.axis
     progress = not args.quiet
 
     if kind in ("nifti", "dicom"):
-        translated = translation.translate_volume(
+        images = translation.translate_volume_maps(
             generator,
             volume,
+            **maps,
             axis=axis,
             preprocess_per=None if args.preprocess_per == "auto" else args.preprocess_per,
             n4=args.preprocess,
@@ -367,8 +454,10 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             batch_size=args.batch_size,
             progress=progress,
         )
-        scan_io.write_nifti(translated, target, args.output_dtype or "float32", args.intensity)
-        log.info("Wrote %s", target)
+        translated = images.pop("translation")
+        for path, image in zip((target, *map_paths), (translated, *images.values()), strict=True):
+            scan_io.write_nifti(image, path, args.output_dtype or "float32", args.intensity)
+            log.info("Wrote %s", path)
         if args.dicom_out is not None:
             _, contrast = contrast_names(args.direction)
             files = scan_io.write_dicom_series(
@@ -388,10 +477,17 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             scan_io.image_output_suffix(relative.suffix, dtype)
         )
 
+    def map_output_path(translated: Path, name: str) -> Path:
+        if kind == "images":  # out/a/b.png -> out_uncertainty/a/b.png
+            return map_folder(args.output, name) / translated.relative_to(args.output)
+        return map_path(translated, name)
+
     result = translation.translate_image_files(
         generator,
         inputs,
         output_path,
+        **maps,
+        map_output_path=map_output_path,
         n4=args.preprocess,
         intensity=args.intensity,
         output_dtype=args.output_dtype,
@@ -403,6 +499,9 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
     where = result.written[0] if kind == "image" else args.output
     skipped = f", skipped {len(result.skipped)}" if result.skipped else ""
     log.info("Wrote %d image(s) to %s%s", len(result.written), where, skipped)
+    if result.maps:
+        places = result.maps if kind == "image" else map_paths
+        log.info("Wrote the maps to %s", ", ".join(str(path) for path in places))
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -4,11 +4,16 @@ The flow is one way, as in training: files (`scan_io`) -> float32 slices -> the 
 preprocessing (N4, normalization to [0, 1], resampling to the model size: per slice with
 `preprocessing.preprocess_slice`, or for a model trained on volumes one pass over the whole
 volume with `preprocessing.preprocess_volume`, then cut) -> the generator
-(`inference.Generator`) -> [0, 1] -> resampled back to each slice's own size -> the output
-intensity scale -> files with the input's geometry.
+(`inference.Generator`, through `uncertainty.TranslationMaps`) -> [0, 1] -> resampled back
+to each slice's own size -> the output intensity scale -> files with the input's geometry.
+On request, maps go the same way beside the translation: the mean and standard deviation
+of stochastic passes, and the cycle residual (`uncertainty`).
 
     generator = load_generator("output/export/t1_to_t2.keras")
     t2 = translate_volume(generator, nib.load("sub-01_T1w.nii.gz"))
+    maps = translate_volume_maps(generator, image, uncertainty=8,
+                                 back_model=load_generator("output/export", "t2_to_t1"))
+    maps["translation"], maps["mean"], maps["uncertainty"], maps["cycle_residual"]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from scan_io import (
     read_grayscale,
     write_image,
 )
+from uncertainty import DEFAULT_SEED, DIFFERENCE_MAPS, TranslationMaps, map_path
 from volumes import from_generator_view, generator_view
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ __all__ = [
     "translate_image_files",
     "translate_slices",
     "translate_volume",
+    "translate_volume_maps",
 ]
 
 INTENSITIES = ("input", "unit")
@@ -78,29 +85,51 @@ def translate_slices(
     input shapes, in [0, 1]. `on_batch(count)` is called after each batch, for progress
     bars.
     """
-    generator = as_generator(model)
+    maker = TranslationMaps(as_generator(model), batch_size=batch_size)
+    return slice_maps(maker, slices, n4=n4, on_batch=on_batch)["translation"]
+
+
+def slice_maps(
+    maker: TranslationMaps,
+    slices: Sequence[np.ndarray],
+    *,
+    n4: bool | None = None,
+    on_batch: Callable[[int], object] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """`translate_slices` with every map of `maker`: {map name: one array per slice}."""
+    generator = maker.generator
     n4 = generator.n4 if n4 is None else n4
     height, width = generator.image_shape
-    translated: list[np.ndarray] = []
-    for start in range(0, len(slices), batch_size):
-        chunk = [np.asarray(array, np.float32) for array in slices[start : start + batch_size]]
+    maps: dict[str, list[np.ndarray]] = {name: [] for name in maker.names}
+    for start in range(0, len(slices), maker.batch_size):
+        chunk = [
+            np.asarray(array, np.float32) for array in slices[start : start + maker.batch_size]
+        ]
         for array in chunk:
             if array.ndim != 2:
                 raise ValueError(f"slices must be 2-D arrays, got shape {array.shape}")
         batch = np.stack([preprocess_slice(array, height, width, n4) for array in chunk])
-        translated += translate_batch(generator, batch, [array.shape for array in chunk])
+        extend(maps, translate_batch(maker, batch, [array.shape for array in chunk]))
         if on_batch is not None:
             on_batch(len(chunk))
-    return translated
+    return maps
 
 
 def translate_batch(
-    generator: Generator, batch: np.ndarray, shapes: Sequence[tuple[int, ...]]
-) -> list[np.ndarray]:
-    """Preprocessed slices, (N, H, W) at the model size in [0, 1], translated in one
-    forward pass; each resampled to its shape in `shapes` (ANTsPy, linear)."""
-    outputs = generator.translate_unit(batch, len(batch))
-    return [resample_to(output, *shape) for output, shape in zip(outputs, shapes, strict=True)]
+    maker: TranslationMaps, batch: np.ndarray, shapes: Sequence[tuple[int, ...]]
+) -> dict[str, list[np.ndarray]]:
+    """Preprocessed slices, (N, H, W) at the model size in [0, 1], translated with every
+    map of `maker`; each resampled to its shape in `shapes` (ANTsPy, linear)."""
+    return {
+        name: [resample_to(unit, *shape) for unit, shape in zip(units, shapes, strict=True)]
+        for name, units in maker(batch).items()
+    }
+
+
+def extend(maps: dict[str, list[np.ndarray]], more: dict[str, list[np.ndarray]]) -> None:
+    """Append each map's slices in `more` to its list in `maps`."""
+    for name, arrays in more.items():
+        maps[name] += arrays
 
 
 def intensity_range(array: np.ndarray) -> tuple[float, float]:
@@ -122,6 +151,35 @@ def to_intensity(unit: np.ndarray, intensity: str, value_range: tuple[float, flo
         return unit.astype(np.float32)
     low, high = value_range
     return (low + unit * (high - low)).astype(np.float32)
+
+
+def map_to_intensity(
+    name: str, unit: np.ndarray, intensity: str, value_range: tuple[float, float]
+) -> np.ndarray:
+    """`to_intensity` of map `name`: a map of differences (the uncertainty, the cycle
+    residual) is only scaled by the width of `value_range`, so it is in the output's
+    units; the translation and the mean are mapped as the output."""
+    if name in DIFFERENCE_MAPS:
+        low, high = value_range
+        value_range = (0.0, high - low)
+    return to_intensity(unit, intensity, value_range)
+
+
+def uncertainty_maps(
+    generator: Generator,
+    uncertainty: int,
+    seed: int,
+    back_model: Generator | keras.Model | None,
+    batch_size: int,
+) -> TranslationMaps:
+    """The `TranslationMaps` of a translate call's keyword arguments."""
+    back = as_generator(back_model) if back_model is not None else None
+    if back is not None and back.image_shape != generator.image_shape:
+        raise DataError(
+            f"the back-translating generator takes {back.image_shape} images, the "
+            f"translating one {generator.image_shape}: they are not of one model"
+        )
+    return TranslationMaps(generator, uncertainty, seed=seed, back=back, batch_size=batch_size)
 
 
 def is_background(array: np.ndarray) -> bool:
@@ -163,7 +221,44 @@ def translate_volume(
     the whole input volume; "unit" keeps [0, 1]. Returns a float32 image of the input's
     class with its affine, qform/sform and zooms.
     """
+    return translate_volume_maps(
+        model,
+        image,
+        axis=axis,
+        preprocess_per=preprocess_per,
+        n4=n4,
+        intensity=intensity,
+        batch_size=batch_size,
+        progress=progress,
+    )["translation"]
+
+
+def translate_volume_maps(
+    model: Generator | keras.Model,
+    image: nib.Nifti1Image,
+    *,
+    uncertainty: int = 0,
+    seed: int = DEFAULT_SEED,
+    back_model: Generator | keras.Model | None = None,
+    axis: str | int | None = None,
+    preprocess_per: str | None = None,
+    n4: bool | None = None,
+    intensity: str = "input",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> dict[str, nib.Nifti1Image]:
+    """`translate_volume`, and maps beside it: {"translation": the same image, and the
+    maps asked for}, each a float32 image with the input's geometry.
+
+    uncertainty: 0, or N >= 2 stochastic passes (`uncertainty.StochasticPasses`, drawn
+    from `seed`): "mean", their mean, and "uncertainty", their per-voxel standard
+    deviation. back_model: the other direction's generator, for "cycle_residual",
+    |back-translation of the translation - input|. The translation and the mean are on
+    the output's intensity scale; the uncertainty and the cycle residual are in its units
+    (scaled by the width of its range, not shifted). Other arguments as `translate_volume`.
+    """
     generator = as_generator(model)
+    maker = uncertainty_maps(generator, uncertainty, seed, back_model, batch_size)
     per = preprocessing_of(generator, preprocess_per)
     if axis is None:
         axis = generator.slice_axis if generator.preprocessed_per == "volume" else "axial"
@@ -182,39 +277,41 @@ def translate_volume(
     bar = keras.utils.Progbar(len(chosen), unit_name="slice") if progress and len(chosen) else None
     on_batch = bar.add if bar is not None else None
     if whole is not None:
-        translated = []
+        translated = {name: [] for name in maker.names}
         for start in range(0, len(chosen), batch_size):
             batch = whole.slices[start : start + batch_size]
-            translated += translate_batch(generator, batch, [slices.shape[1:]] * len(batch))
+            extend(translated, translate_batch(maker, batch, [slices.shape[1:]] * len(batch)))
             if on_batch is not None:
                 on_batch(len(batch))
     else:
-        translated = translate_slices(
-            generator,
-            [slices[index] for index in chosen],
-            n4=n4,
-            batch_size=batch_size,
-            on_batch=on_batch,
+        translated = slice_maps(
+            maker, [slices[index] for index in chosen], n4=n4, on_batch=on_batch
         )
     seconds = time.perf_counter() - started
     log.info(
-        "Translated %d of %d slices (the other %d are background), preprocessed per %s, "
+        "Translated %d of %d slices (the other %d are background), preprocessed per %s%s, "
         "in %.1f s: %.2f slices/s",
         len(chosen),
         len(slices),
         len(slices) - len(chosen),
         per,
+        f", with {uncertainty} stochastic passes" if uncertainty else "",
         seconds,
         len(chosen) / seconds if seconds > 0 else 0.0,
     )
-    unit = np.zeros(slices.shape, np.float32)
-    if len(chosen):
-        unit[chosen] = np.stack(translated)
-    values = to_intensity(
-        from_generator_view(unit, image.affine, axis), intensity, intensity_range(data)
-    )
-    description = f"mri-gan {generator.direction or 'translation'} (synthetic, research only)"
-    return nifti_like(image, values, description)
+    value_range = intensity_range(data)
+    what = generator.direction or "translation"
+    images = {}
+    for name, arrays in translated.items():
+        unit = np.zeros(slices.shape, np.float32)
+        if len(chosen):
+            unit[chosen] = np.stack(arrays)
+        values = map_to_intensity(
+            name, from_generator_view(unit, image.affine, axis), intensity, value_range
+        )
+        label = what if name == "translation" else f"{what} {name}"
+        images[name] = nifti_like(image, values, f"mri-gan {label} (synthetic, research only)")
+    return images
 
 
 def preprocessing_of(generator: Generator, preprocess_per: str | None = None) -> str:
@@ -274,10 +371,12 @@ def volume_data(image: nib.Nifti1Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """What `translate_image_files` did: the files written and the inputs it skipped."""
+    """What `translate_image_files` did: the translations written, the inputs it skipped,
+    and the maps written beside the translations."""
 
     written: tuple[Path, ...]
     skipped: tuple[tuple[Path, str], ...]
+    maps: tuple[Path, ...] = ()
 
 
 def translate_image_files(
@@ -290,6 +389,10 @@ def translate_image_files(
     output_dtype: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    uncertainty: int = 0,
+    seed: int = DEFAULT_SEED,
+    back_model: Generator | keras.Model | None = None,
+    map_output_path: Callable[[Path, str], Path] = map_path,
 ) -> ImageResult:
     """Translate image files, each written to `output_path(input, dtype)`.
 
@@ -300,9 +403,16 @@ def translate_image_files(
     0..255 or 0..65535). An unreadable file is skipped with a warning naming it; a
     nearly empty image (under 1 % foreground) is written as background. Values that
     `output_dtype` cannot hold raise DataError: never clipped.
+
+    uncertainty, seed, back_model: the maps of `translate_volume_maps`, each written as
+    its translation is (dtype, intensity) to `map_output_path(translation path, map
+    name)`, by default `uncertainty.map_path` (a.png -> a_uncertainty.png).
     """
     generator = as_generator(model)
+    maker = uncertainty_maps(generator, uncertainty, seed, back_model, batch_size)
+    sources = {Path(path).resolve() for path in inputs}
     written: list[Path] = []
+    maps_written: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     bar = keras.utils.Progbar(len(inputs), unit_name="image") if progress and inputs else None
     for start in range(0, len(inputs), batch_size):
@@ -315,18 +425,26 @@ def translate_image_files(
                 log.warning("warning: skipped %s: %s", path, reason)
                 skipped.append((path, reason))
         foreground = [index for index, entry in enumerate(loaded) if not is_background(entry[1])]
-        translated = translate_slices(
-            generator, [loaded[index][1] for index in foreground], n4=n4, batch_size=batch_size
-        )
-        units = dict(zip(foreground, translated, strict=True))
+        translated = slice_maps(maker, [loaded[index][1] for index in foreground], n4=n4)
+        units = {
+            name: dict(zip(foreground, arrays, strict=True)) for name, arrays in translated.items()
+        }
         for index, (path, array, dtype) in enumerate(loaded):
-            unit = units.get(index, np.zeros(array.shape, np.float32))
             target = output_path(path, dtype)
             if target in written:  # a.png and a.jpg would both become a.png
                 raise DataError(f"two inputs would be written to {target}; {path} is the second")
-            values = to_intensity(unit, intensity, intensity_range(array))
-            write_image(target, cast_output(values, dtype, intensity, str(target)))
-            written.append(target)
+            value_range = intensity_range(array)
+            for name, by_index in units.items():
+                unit = by_index.get(index, np.zeros(array.shape, np.float32))
+                if name == "translation":
+                    destination = target
+                else:
+                    destination = map_output_path(target, name)
+                    if destination.resolve() in sources:
+                        raise DataError(f"the {name} map of {path} would overwrite {destination}")
+                values = map_to_intensity(name, unit, intensity, value_range)
+                write_image(destination, cast_output(values, dtype, intensity, str(destination)))
+                (written if name == "translation" else maps_written).append(destination)
         if bar is not None:
             bar.add(len(inputs[start : start + batch_size]))
-    return ImageResult(tuple(written), tuple(skipped))
+    return ImageResult(tuple(written), tuple(skipped), tuple(maps_written))

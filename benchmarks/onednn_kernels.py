@@ -4,7 +4,8 @@
 
 Builds and warms up the step as `benchmarks.train_step` does, then runs `--steps` steps
 with oneDNN's verbose mode on, which logs every kernel call and its wall time, and
-captures only those steps' lines. It sums them by primitive and direction (a
+captures only those steps' lines, each step's apart ("calls_per_step" in the JSON). It
+sums them by primitive and direction (a
 convolution's forward pass; its input gradient, "backward_data"; its weight gradient,
 "backward_weights"; reorders, batch norm, the matmuls), and gives each convolution
 direction's GFLOP/s from the problem sizes in the lines (2 x batch x c_in / groups x
@@ -30,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import itertools
 import os
 import re
 import sys
@@ -138,19 +140,24 @@ def main(argv: list[str] | None = None) -> dict:
         return report_onednn_off(args, "TensorFlow's oneDNN kernels are off on this machine")
 
     with tempfile.TemporaryDirectory() as scratch:
-        log = os.path.join(scratch, "onednn.log")
+        logs = [os.path.join(scratch, f"onednn_{step}.log") for step in range(args.steps)]
 
         def logged_steps() -> None:
-            with captured_stdout(log):
-                for _ in range(args.steps):
+            for log in logs:  # a log per step: each step's calls can be counted
+                with captured_stdout(log):
                     run_step()
 
         # Building, warm-up and the matmuls log too: their lines go nowhere.
         with captured_stdout(os.devnull):
             model, run_step = serial_train_step(args.generator, args.size, args.batch, args.warmup)
             _, matmul = best_matmul_around(logged_steps)
-        with open(log, encoding="utf-8", errors="replace") as lines:
-            kinds = summarize(lines)
+        per_step = []
+        for log in logs:
+            with open(log, encoding="utf-8", errors="replace") as lines:
+                per_step.append(summarize(lines))
+        with contextlib.ExitStack() as stack:
+            opened = [stack.enter_context(open(log, errors="replace")) for log in logs]
+            kinds = summarize(itertools.chain(*opened))
     if not any(name.startswith("convolution ") for name in kinds):
         return report_onednn_off(args, "oneDNN ran none of the step's convolutions")
     for name, kind in kinds.items():
@@ -180,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
             "kernels_only_gflop_per_s": round(gflop / seconds, 1),
             "kernels_only_fraction_of_matmul": round(gflop / seconds / matmul, 3),
             "kinds": kinds,
+            "calls_per_step": [
+                {name: kind["calls"] for name, kind in step.items()} for step in per_step
+            ],
         },
         args.json,
     )

@@ -21,6 +21,8 @@ Output layout (under ``output_dir``)::
     Test/T2/sub-21_z031.png ...         the same slices in T2w (paired, same file names)
     Test/volumes/sub-21_T1w.nii.gz      the first held-out subject as 3D volumes
     Test/volumes/sub-21_T2w.nii.gz
+    Test/volumes_t2_oblique/sub-21_T2w.nii.gz   a second T2w scan of it: sagittal, 2 mm,
+                                        the head moved (registration needed to pair it)
     Test/lesions/T1/sub-41_z052.png ... subjects with lesions, T1w (paired, as Test/)
     Test/lesions/T2/sub-41_z052.png     the same slices in T2w
     Test/lesions/masks/sub-41_z052.png  their lesion masks (8-bit, 255 = lesion)
@@ -33,6 +35,7 @@ import gzip
 import importlib.util
 import inspect
 import io
+import itertools
 import time
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, replace
@@ -134,6 +137,19 @@ MIN_SLICE_AREA_FRACTION = 0.25
 VOLUME_CROP_MARGIN = 6  # pixels kept around the head when cropping the NIfTI volumes
 INTENSITY_PERCENTILE = 99.5  # of a subject's head voxels, mapped to 255
 
+# A second T2w scan of the volume subject, as another session would acquire it: sagittal
+# slices in PIR voxel order (the axes run toward posterior, inferior and right), voxels
+# OBLIQUE_VOXEL_PIXELS axial pixels wide (2 mm at 256 px), its own field of view, and the
+# head turned and shifted since the first scans, so that it lines up with the T1w only
+# after a registration.  Each voxel averages 2x2x2 points (partial volume).
+OBLIQUE_DIR = Path("Test") / "volumes_t2_oblique"
+OBLIQUE_AXCODES = ("P", "I", "R")
+OBLIQUE_VOXEL_PIXELS = 2
+OBLIQUE_FOV_MM = (224.0, 136.0, 180.0)  # along the voxel axes: A-P, S-I, L-R
+OBLIQUE_FOV_CENTRE_MM = (0.5, -17.5, 11.0)  # world x, y, z; also the head's turning point
+OBLIQUE_ROTATION_DEG = (4.0, -3.0, 6.0)  # the head's turn about x, y, z since the T1w
+OBLIQUE_SHIFT_MM = (5.0, -4.0, 6.0)
+
 # Lesions: ellipsoids whose semi-axes are drawn from LESION_SEMI_AXIS_MM, each centred
 # at least (its longest semi-axis + LESION_WM_MARGIN_MM) inside the template's white
 # matter (WM >= 0.5), so it lies in white matter and is ringed by it.  The deepest
@@ -154,6 +170,7 @@ FIRST_LESION_SUBJECT = 41
 _ANATOMY_STREAM, _SLICE_STREAM = 0, 1
 _SEQUENCE_STREAM = {"T1w": 2, "T2w": 3}
 _LESION_STREAM = 4
+_OBLIQUE_STREAM = 5  # the second T2w scan's TR/TE jitter and noise
 _Z_CHUNK = 16  # slices simulated at once, to bound memory for the full volume
 
 
@@ -529,6 +546,34 @@ def output_grid(
     return points, affine
 
 
+def sample_subject(
+    template: TissueTemplate,
+    subject: Subject,
+    points: np.ndarray,
+    maps: SequenceABC[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's anatomy at scanner points (n, 3) mm: each template-space map of `maps`
+    deformed into the subject and sampled there (trilinear), (len(maps), n) float32, and
+    the subject's bias field there, (n,)."""
+    shape = template.fractions.shape[1:]
+    centre = template.affine[:3, :3] @ ((np.array(shape) - 1) / 2) + template.affine[:3, 3]
+    to_voxel = np.linalg.inv(template.affine)
+    warped = centre + _transform_points(subject.linear, points - centre) + subject.translation
+    warped += np.stack([field(points) for field in subject.displacement], axis=-1)
+    voxels = (_transform_points(to_voxel[:3, :3], warped) + to_voxel[:3, 3]).T
+    sampled = np.empty((len(maps), len(points)), dtype=np.float32)
+    for index, tissue_map in enumerate(maps):
+        sampled[index] = ndimage.map_coordinates(
+            tissue_map,
+            voxels,
+            order=1,
+            mode="constant",
+            cval=0.0,
+            output=np.float32,
+        )
+    return sampled, subject.bias(points)
+
+
 def simulate_tissue_fractions(
     template: TissueTemplate,
     subject: Subject,
@@ -543,9 +588,6 @@ def simulate_tissue_fractions(
     `lesions` map (`lesion_map`), the fractions gain a last row, the lesion, taken out of
     the white matter.
     """
-    shape = template.fractions.shape[1:]
-    centre = template.affine[:3, :3] @ ((np.array(shape) - 1) / 2) + template.affine[:3, 3]
-    to_voxel = np.linalg.inv(template.affine)
     nz = len(z_indices)
     maps = list(template.fractions) + ([] if lesions is None else [lesions])
     fractions = np.empty((len(maps), size, size, nz), dtype=np.float32)
@@ -553,22 +595,10 @@ def simulate_tissue_fractions(
     for start in range(0, nz, _Z_CHUNK):
         chunk = list(z_indices[start : start + _Z_CHUNK])
         points, _ = output_grid(size, chunk, template)
-        points = points.reshape(-1, 3)
-        warped = centre + _transform_points(subject.linear, points - centre) + subject.translation
-        warped += np.stack([field(points) for field in subject.displacement], axis=-1)
-        voxels = (_transform_points(to_voxel[:3, :3], warped) + to_voxel[:3, 3]).T
+        sampled, chunk_bias = sample_subject(template, subject, points.reshape(-1, 3), maps)
         out_shape = (size, size, len(chunk))
-        for index, tissue_map in enumerate(maps):
-            sampled = ndimage.map_coordinates(
-                tissue_map,
-                voxels,
-                order=1,
-                mode="constant",
-                cval=0.0,
-                output=np.float32,
-            )
-            fractions[index, :, :, start : start + len(chunk)] = sampled.reshape(out_shape)
-        bias[:, :, start : start + len(chunk)] = subject.bias(points).reshape(out_shape)
+        fractions[:, :, :, start : start + len(chunk)] = sampled.reshape(len(maps), *out_shape)
+        bias[:, :, start : start + len(chunk)] = chunk_bias.reshape(out_shape)
     if lesions is not None:
         # Interpolation keeps lesion <= WM; the clip only absorbs rounding.
         wm = fractions[TISSUE_NAMES.index("wm")]
@@ -616,15 +646,18 @@ def acquire(
     bias: np.ndarray,
     seed: int,
     noise_free: bool = False,
+    stream: int | None = None,
 ) -> tuple[np.ndarray, Acquisition]:
     """Scan the subject with jittered TR/TE: bias-weighted signal plus Rician noise
     (none if `noise_free`: the same scan's noiseless magnitude, what a perfect
-    translation of the other contrast would give).
+    translation of the other contrast would give).  `stream`: the random stream of TR,
+    TE and noise; default the contrast's own (another for a second scan).
 
     Returns the magnitude image (same shape as ``bias``, float32) and its parameters.
     """
     sequence = SEQUENCES[contrast]
-    rng = np.random.default_rng([seed, subject.number, _SEQUENCE_STREAM[contrast]])
+    stream = _SEQUENCE_STREAM[contrast] if stream is None else stream
+    rng = np.random.default_rng([seed, subject.number, stream])
     tr_ms = sequence.tr_ms * (1 + float(rng.uniform(-SEQUENCE_JITTER, SEQUENCE_JITTER)))
     te_ms = sequence.te_ms * (1 + float(rng.uniform(-SEQUENCE_JITTER, SEQUENCE_JITTER)))
     noise_percent = float(rng.uniform(*NOISE_PERCENT_RANGE))
@@ -653,6 +686,69 @@ def to_uint8(image: np.ndarray, head_mask: np.ndarray) -> np.ndarray:
 def volume_slice_to_image(volume_slice: np.ndarray) -> np.ndarray:
     """[x, y] slice -> picture rows (anterior at top) and columns (subject's left at left)."""
     return np.ascontiguousarray(np.rot90(volume_slice))
+
+
+def oblique_grid(size: int) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The second T2w scan's voxel grid: its shape and its 4x4 affine (voxel -> world mm).
+
+    OBLIQUE_AXCODES voxel order, voxels OBLIQUE_VOXEL_PIXELS axial pixels wide, the
+    OBLIQUE_FOV_MM field of view centred on OBLIQUE_FOV_CENTRE_MM.
+    """
+    spacing = OBLIQUE_VOXEL_PIXELS * FOV_MM / size
+    shape = tuple(max(1, round(fov / spacing)) for fov in OBLIQUE_FOV_MM)
+    axes = nib.orientations.axcodes2ornt(OBLIQUE_AXCODES)
+    affine = np.eye(4)
+    for voxel_axis, (world_axis, sign) in enumerate(axes.astype(int)):
+        affine[:3, voxel_axis] = 0.0
+        affine[world_axis, voxel_axis] = sign * spacing
+    first_voxel = -(np.array(shape) - 1) / 2  # voxel index of the first voxel from the centre
+    affine[:3, 3] = np.array(OBLIQUE_FOV_CENTRE_MM) + _transform_points(affine[:3, :3], first_voxel)
+    return shape, affine
+
+
+def head_motion(points_mm: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """Where points (..., 3) of the head at the first scans are at the second T2w scan.
+
+    A rotation by OBLIQUE_ROTATION_DEG about OBLIQUE_FOV_CENTRE_MM, then a shift by
+    OBLIQUE_SHIFT_MM; `inverse` maps back.  Registering the second T2w to the T1w should
+    recover it.
+    """
+    centre = np.array(OBLIQUE_FOV_CENTRE_MM)
+    rotation = _rotation(np.deg2rad(OBLIQUE_ROTATION_DEG))
+    shift = np.array(OBLIQUE_SHIFT_MM)
+    if inverse:
+        return _transform_points(rotation.T, points_mm - centre - shift) + centre
+    return _transform_points(rotation, points_mm - centre) + centre + shift
+
+
+def scan_oblique_t2(
+    template: TissueTemplate, subject: Subject, size: int, seed: int, noise_free: bool = False
+) -> tuple[np.ndarray, np.ndarray, Acquisition]:
+    """The subject's second T2w scan (`oblique_grid`, head moved by `head_motion`).
+
+    Each voxel is the mean of 2x2x2 points a quarter voxel from its centre; the bias
+    field moves with the head; TR, TE and noise come from their own stream.  Returns the
+    uint8 volume (in the grid's voxel order), its affine and the scan record.
+    """
+    shape, affine = oblique_grid(size)
+    quarter = abs(affine[:3, :3]).max() / 4
+    offsets = np.array(list(itertools.product((-quarter, quarter), repeat=3)))  # (8, 3)
+    fractions = np.empty((len(TISSUES), *shape), dtype=np.float32)
+    bias = np.empty(shape, dtype=np.float32)
+    for start in range(0, shape[2], _Z_CHUNK):
+        chunk = np.arange(start, min(start + _Z_CHUNK, shape[2]))
+        voxels = np.stack(np.meshgrid(*map(np.arange, shape[:2]), chunk, indexing="ij"), -1)
+        centres = _transform_points(affine[:3, :3], voxels.astype(float)) + affine[:3, 3]
+        points = head_motion(centres[..., None, :] + offsets, inverse=True).reshape(-1, 3)
+        sampled, _ = sample_subject(template, subject, points, template.fractions)
+        chunk_shape = (*shape[:2], len(chunk))
+        fractions[..., chunk] = sampled.reshape(len(TISSUES), *chunk_shape, 8).mean(axis=-1)
+        at_centres = head_motion(centres, inverse=True).reshape(-1, 3)
+        bias[..., chunk] = subject.bias(at_centres).reshape(chunk_shape)
+    magnitude, record = acquire(
+        subject, "T2w", fractions, bias, seed, noise_free, stream=_OBLIQUE_STREAM
+    )
+    return to_uint8(magnitude, fractions.sum(axis=0) >= 0.5), affine, record
 
 
 # ---------------------------------------------------------------------------- writing
@@ -714,6 +810,8 @@ def _clear_previous_output(output_dir: Path) -> None:
         for old in folder.glob("sub-*_z*.png"):
             old.unlink()
     for old in (output_dir / "Test" / "volumes").glob("sub-*_T[12]w.nii.gz"):
+        old.unlink()
+    for old in (output_dir / OBLIQUE_DIR).glob("sub-*_T2w.nii.gz"):
         old.unlink()
 
 
@@ -838,7 +936,8 @@ def make_demo(
     Subjects 1..n_train_subjects give T1w training slices, the next n_train_subjects give
     T2w training slices (disjoint: unpaired), and the next n_test_subjects give paired
     T1w/T2w test slices; the first test subject is also written as NIfTI volumes (if
-    write_volume).  `first_test_subject` numbers the test subjects from there instead
+    write_volume), with a second T2w scan of it in another geometry (`scan_oblique_t2`,
+    under OBLIQUE_DIR).  `first_test_subject` numbers the test subjects from there instead
     (e.g. 31 with no training subjects: a validation set of subjects in neither the
     training nor the test set).  Then n_lesion_subjects subjects with white-matter
     lesions give paired slices that show lesion, and a lesion mask each, under
@@ -927,6 +1026,13 @@ def make_demo(
                 description = f"mri-gan simulated {contrast} from MNI ICBM152 2009, not a patient"
                 write_nifti_gz(path, images[contrast][box_x, box_y], affine, description)
                 volumes.append(path)
+            volume, affine, record = scan_oblique_t2(template, subject, size, seed, noise_free)
+            acquisitions.append(replace(record, contrast="T2w (second scan)"))
+            path = output_dir / OBLIQUE_DIR / f"{subject.name}_T2w.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            description = "mri-gan simulated T2w, sagittal 2nd scan, head moved, not a patient"
+            write_nifti_gz(path, volume, affine, description)
+            volumes.append(path)
     return DemoManifest(tuple(slices), tuple(volumes), tuple(acquisitions))
 
 

@@ -169,6 +169,22 @@ class BackgroundMain:
         return self.output()
 
 
+def save_as_trained(model, config, epoch: int) -> None:
+    """`model` saved as training saves a run: its checkpoint at `epoch` in
+    `config.checkpoint_dir`, and config.json beside that folder."""
+    import tensorflow as tf
+
+    from checkpoints import make_checkpoint
+    from config import CONFIG_FILE_NAME, save_config
+
+    epoch_variable = tf.Variable(epoch, dtype=tf.int64, trainable=False)
+    manager = tf.train.CheckpointManager(
+        make_checkpoint(model, epoch_variable), str(config.checkpoint_dir), max_to_keep=1
+    )
+    manager.save(checkpoint_number=epoch)
+    save_config(config, config.output_dir / CONFIG_FILE_NAME)
+
+
 def head_slice(size: int, radius: float, brightness: float, rng: np.random.Generator) -> np.ndarray:
     """A bright disk ('head') with a darker core and noise, in [0, 255]: a toy MRI slice."""
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
@@ -219,6 +235,8 @@ LONGEST_FIRST = (
     "test_nifti_input.py",
     "test_mri_gan.py",
     "test_evaluate.py",
+    "test_uncertainty.py",
+    "test_volume_evaluation.py",
     "test_make_demo.py",
 )
 

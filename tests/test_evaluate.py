@@ -24,12 +24,12 @@ import evaluate
 import evaluation
 import metrics
 import reports
-from checkpoints import make_checkpoint, restore_run
+from checkpoints import restore_run
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from data_processing import PreprocessCache
 from directions import DIRECTIONS
 from errors import DataError
-from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, write_png_folder
+from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, save_as_trained, write_png_folder
 from training import build_model
 
 SIZE = 32
@@ -403,12 +403,7 @@ def run(tmp_path_factory) -> Run:
     rng = np.random.default_rng(0)
     batch = [tf.constant(rng.uniform(-1, 1, (2, SIZE, SIZE, 1)), tf.float32) for _ in range(2)]
     model.train_step(tuple(batch))  # weights that no fresh model has
-    epoch = tf.Variable(1, dtype=tf.int64, trainable=False)
-    manager = tf.train.CheckpointManager(
-        make_checkpoint(model, epoch), str(config.checkpoint_dir), max_to_keep=1
-    )
-    manager.save(checkpoint_number=1)
-    save_config(config, config.output_dir / CONFIG_FILE_NAME)
+    save_as_trained(model, config, epoch=1)
     output_dir = root / "evaluation"
     process = evaluate_command(
         "--checkpoint_dir",
@@ -488,10 +483,24 @@ def test_a_checkpoint_of_another_image_size_is_refused(run, tmp_path):
         restore_run(other / "checkpoints")
 
 
-@pytest.mark.parametrize("case", ["missing test dir", "no checkpoint", "no pairs"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing test dir", "no checkpoint", "no pairs", "one volume dir", "no volume pairs"],
+)
 def test_bad_input_is_a_one_line_error_with_exit_code_2(run, tmp_path, case):
     checkpoint_dir, test_t1, test_t2 = run.config.checkpoint_dir, run.test_t1, run.test_t2
-    if case == "missing test dir":
+    volumes = []
+    if case == "one volume dir":
+        volumes = ["--test_volumes_t1", str(tmp_path)]
+    elif case == "no volume pairs":
+        (tmp_path / "t1").mkdir()
+        (tmp_path / "t2").mkdir()
+        # Named by the rule, but of two subjects: a warning names each, no pair is left.
+        (tmp_path / "t1" / "sub-01_T1w.nii.gz").write_bytes(b"")
+        (tmp_path / "t2" / "sub-02_T2w.nii.gz").write_bytes(b"")
+        volumes = ["--test_volumes_t1", str(tmp_path / "t1"), "--test_volumes_t2"]
+        volumes.append(str(tmp_path / "t2"))
+    elif case == "missing test dir":
         test_t2 = tmp_path / "nowhere"
     elif case == "no checkpoint":
         checkpoint_dir = tmp_path / "checkpoints"
@@ -511,6 +520,7 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(run, tmp_path, case):
         str(test_t2),
         "--output_dir",
         str(tmp_path / "out"),
+        *volumes,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -519,6 +529,8 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(run, tmp_path, case):
         "missing test dir": f"--test_dir_t2 {test_t2} does not exist",
         "no checkpoint": "holds no checkpoint",
         "no pairs": "no pairs",
+        "one volume dir": "--test_volumes_t1 and --test_volumes_t2 go together",
+        "no volume pairs": "no volume pair",
     }[case]
     assert expected in errors[0]
     assert "Traceback" not in result.stderr

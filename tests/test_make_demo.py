@@ -175,7 +175,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(small_run, tm
     demo.make_demo(again, seed=0, **SMALL_RUN)
     assert _files(again) == first
     # gzip stores a timestamp unless told not to; two runs in one second would hide it.
-    for path in (output_dir / "Test" / "volumes").glob("*.nii.gz"):
+    for path in (output_dir / "Test").glob("volumes*/*.nii.gz"):
         assert path.read_bytes()[4:8] == bytes(4), path.name
     other = tmp_path / "other_seed"
     demo.make_demo(other, seed=1, **SMALL_RUN)
@@ -248,7 +248,8 @@ def test_volumes_load_and_match_the_test_slices(small_run, template):
     paths = {
         c: output_dir / "Test" / "volumes" / f"{volume_subject}_{c}.nii.gz" for c in CONTRAST_DIRS
     }
-    assert sorted(manifest.volumes) == sorted(paths.values())
+    oblique = output_dir / demo.OBLIQUE_DIR / f"{volume_subject}_T2w.nii.gz"
+    assert sorted(manifest.volumes) == sorted([*paths.values(), oblique])
     images = {c: nib.load(path) for c, path in paths.items()}
     t1w, t2w = images["T1w"], images["T2w"]
     assert t1w.shape == t2w.shape and np.array_equal(t1w.affine, t2w.affine)
@@ -273,6 +274,42 @@ def test_volumes_load_and_match_the_test_slices(small_run, template):
             grid_slice = np.rot90(_read_png(record.path), k=-1)  # picture -> [x, y]
             expected = grid_slice[x0 : x0 + nx, y0 : y0 + ny]
             assert np.array_equal(volume[:, :, record.z - low], expected)
+
+
+def _resampled_at(image: nib.Nifti1Image, world: np.ndarray) -> np.ndarray:
+    """The image's voxels at world points (..., 3) mm, trilinear, 0 outside."""
+    to_voxel = np.linalg.inv(image.affine)
+    voxels = world @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+    data = np.asarray(image.dataobj, float)
+    return ndimage.map_coordinates(data, np.moveaxis(voxels, -1, 0), order=1, cval=0.0)
+
+
+def test_second_t2_scan_has_its_own_geometry_and_lines_up_after_the_head_motion(small_run):
+    output_dir, manifest = small_run
+    subject = min(r.subject for r in manifest.slices if r.split == "test")
+    t2 = nib.load(output_dir / "Test" / "volumes" / f"{subject}_T2w.nii.gz")
+    oblique = nib.load(output_dir / demo.OBLIQUE_DIR / f"{subject}_T2w.nii.gz")
+    assert oblique.get_data_dtype() == np.uint8
+    # Another orientation (sagittal voxel order), voxel size and field of view.
+    assert nib.aff2axcodes(oblique.affine) == demo.OBLIQUE_AXCODES != nib.aff2axcodes(t2.affine)
+    pixel = demo.FOV_MM / SMALL_RUN["size"]
+    assert np.allclose(oblique.header.get_zooms(), demo.OBLIQUE_VOXEL_PIXELS * pixel)
+    assert oblique.shape != t2.shape
+    # The same anatomy, where the head moved to: the T2w's voxels seen through
+    # `head_motion` match the second scan, and without it they do not.
+    grid = np.stack(np.meshgrid(*map(np.arange, t2.shape), indexing="ij"), -1).astype(float)
+    world = grid @ t2.affine[:3, :3].T + t2.affine[:3, 3]
+    first = np.asarray(t2.dataobj, float)
+    head = first > 40
+    moved = _resampled_at(oblique, demo.head_motion(world))
+    unmoved = _resampled_at(oblique, world)
+    lined_up = np.corrcoef(first[head], moved[head])[0, 1]
+    assert lined_up > 0.7 and lined_up > np.corrcoef(first[head], unmoved[head])[0, 1] + 0.3
+    assert np.allclose(demo.head_motion(demo.head_motion(world), inverse=True), world)
+    # Its own scan record: another TR/TE draw of the same subject.
+    records = [scan for scan in manifest.acquisitions if scan.subject == subject]
+    assert [scan.contrast for scan in records] == ["T1w", "T2w", "T2w (second scan)"]
+    assert records[1].tr_ms != records[2].tr_ms
 
 
 def test_command_line_writes_a_small_dataset(tmp_path, template):
@@ -385,6 +422,11 @@ def test_committed_dataset_has_the_promised_layout():
     for path in volumes:
         image = nib.load(path)
         assert image.get_data_dtype() == np.uint8 and np.allclose(image.header.get_zooms(), 1.0)
+    oblique = sorted((COMMITTED / demo.OBLIQUE_DIR).glob("*.nii.gz"))
+    assert [p.name for p in oblique] == [volumes[1].name]  # a second T2w of that subject
+    image = nib.load(oblique[0])
+    assert image.get_data_dtype() == np.uint8 and np.allclose(image.header.get_zooms(), 2.0)
+    assert nib.aff2axcodes(image.affine) == demo.OBLIQUE_AXCODES
     lesions = {
         name: sorted((COMMITTED / "Test" / "lesions" / name).glob("*.png"))
         for name in ("T1", "T2", "masks")
@@ -394,7 +436,7 @@ def test_committed_dataset_has_the_promised_layout():
     assert [p.name for p in lesions["T1"]] == [p.name for p in lesions["masks"]]
     lesion_subjects = {p.name.split("_")[0] for p in lesions["masks"]}
     assert not (subjects[0] | subjects[1] | subjects[2]) & lesion_subjects
-    data = train_t1 + train_t2 + test_t1 + test_t2 + volumes + sum(lesions.values(), [])
+    data = train_t1 + train_t2 + test_t1 + test_t2 + volumes + oblique + sum(lesions.values(), [])
     assert sum(path.stat().st_size for path in data) < 20 * 1000 * 1000
 
 

@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import tensorflow as tf
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -34,11 +33,10 @@ import scan_io
 import translate
 import translation
 import volumes
-from checkpoints import make_checkpoint
 from config import CONFIG_FILE_NAME, TrainConfig, save_config
 from errors import DataError
 from mri_gan import CycleGan
-from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, write_png_folder
+from tests.conftest import REPO, SMALL_NETWORKS, run_in_process, save_as_trained, write_png_folder
 from training import build_model
 
 SIZE = 32
@@ -67,12 +65,7 @@ def run(tmp_path_factory) -> Run:
         **SMALL_NETWORKS,
     )
     model = build_model(config)
-    epoch = tf.Variable(3, dtype=tf.int64, trainable=False)
-    manager = tf.train.CheckpointManager(
-        make_checkpoint(model, epoch), str(config.checkpoint_dir), max_to_keep=1
-    )
-    manager.save(checkpoint_number=3)
-    save_config(config, config.output_dir / CONFIG_FILE_NAME)
+    save_as_trained(model, config, epoch=3)
     return Run(model, config)
 
 
