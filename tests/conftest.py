@@ -26,6 +26,13 @@ for _name, _value in THREAD_LIMITS.items():
     os.environ.setdefault(_name, _value)
 
 
+import tensorflow as tf  # noqa: E402
+
+# Grappler's graph rewrites make the tiny test models' steps no faster but cost seconds
+# at every trace: off in the test processes (main.py runs in subprocesses keep them).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
 def default_threads_environment(**extra: str) -> dict[str, str]:
     """This process's environment without the thread limits above, plus `extra`: for
     runs whose workers or replicas wait on each other, which keep TensorFlow's threads."""
