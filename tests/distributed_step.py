@@ -21,6 +21,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from config import TrainConfig  # noqa: E402
+
+# As in the test processes (tests/conftest.py): no Grappler rewrites for tiny models.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 from training import build_model  # noqa: E402
 
 LOSS_NAMES = ("generator_loss", "cycle_loss", "identity_loss", "t1_critic_loss", "t2_critic_loss")
