@@ -55,6 +55,12 @@ class Generator:
     _forward: Callable | None = field(default=None, init=False, repr=False)
 
     @property
+    def volume_axis(self) -> str:
+        """The plane a volume is cut along by default: that of the training volumes for a
+        model trained on volumes, else axial."""
+        return self.slice_axis if self.preprocessed_per == "volume" else "axial"
+
+    @property
     def image_shape(self) -> tuple[int, int]:
         return (int(self.model.input_shape[1]), int(self.model.input_shape[2]))
 

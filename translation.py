@@ -261,7 +261,7 @@ def translate_volume_maps(
     maker = uncertainty_maps(generator, uncertainty, seed, back_model, batch_size)
     per = preprocessing_of(generator, preprocess_per)
     if axis is None:
-        axis = generator.slice_axis if generator.preprocessed_per == "volume" else "axial"
+        axis = generator.volume_axis
     n4 = generator.n4 if n4 is None else n4
     data = volume_data(image)
     slices = generator_view(data, image.affine, axis)

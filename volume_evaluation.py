@@ -628,7 +628,7 @@ def evaluate_pair(
     masks: dict[str | int, np.ndarray] = {}  # the head, in the view along each slice axis
     for direction, (source, target) in DIRECTIONS.items():
         generator = generators[direction]
-        axis = generator.slice_axis if generator.preprocessed_per == "volume" else "axial"
+        axis = generator.volume_axis
         if min(view_shape(t1.shape, t1.affine, axis)[1:]) < metrics.SSIM_FILTER_SIZE:
             raise DataError(
                 f"test volume {t1_path}: its {axis} slices are smaller than "
