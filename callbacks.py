@@ -30,7 +30,7 @@ from checkpoints import BestGenerators, RunCheckpoints
 from config import TrainConfig
 from data_processing import TrainingData, sample_images
 from files import atomic_path, pause_point
-from inference import Generator, generators_of
+from inference import Generator, generators_of, middle_slice
 from mri_gan import CycleGan
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class EpochFigure(EpochEndCallback):
-    """Draw the fixed sample images ((N, H, W, 1) in [-1, 1]) and their translations by
+    """Draw the fixed sample images ((N, H, W, C) in [-1, 1]) and their translations by
     `generators` after each epoch."""
 
     def __init__(
@@ -361,11 +361,12 @@ class EpochFigure(EpochEndCallback):
         self.total_epochs = total_epochs
 
     def epoch_done(self, epoch: int, logs: dict) -> None:
+        # Of a slab (2.5-D), the middle slice: the one translation keeps.
         plotting.plot_translations(
-            self.t1,
-            self.generators["t1_to_t2"](self.t1),
-            self.t2,
-            self.generators["t2_to_t1"](self.t2),
+            middle_slice(self.t1),
+            middle_slice(self.generators["t1_to_t2"](self.t1)),
+            middle_slice(self.t2),
+            middle_slice(self.generators["t2_to_t1"](self.t2)),
             plotting.epoch_figure_path(self.epochs_dir, epoch),
             title=f"Epoch {epoch}" + (f" of {self.total_epochs}" if self.total_epochs else ""),
         )

@@ -214,6 +214,7 @@ def export_generators(
                 direction,
                 config.generator_filters,
                 config.upsample,
+                config.channels,
             )
             copy.set_weights(generator.get_weights())
             generator = copy
@@ -236,6 +237,7 @@ def export_generators(
         "n4": config.n4,
         "upper_percentile": UPPER_PERCENTILE,
         "slice_axis": config.slice_axis,
+        "context_slices": config.context_slices,
         "preprocess_version": PREPROCESS_VERSION,
         "value_range": [-1.0, 1.0],
         "scaling": (
@@ -243,7 +245,10 @@ def export_generators(
             "slice (preprocessed_per slice) or of its whole volume (preprocessed_per volume, "
             "slices cut along slice_axis) to 0 and the upper_percentile of its foreground "
             "to 1 (after N4 when n4 is true) and resamples each slice to img_height x "
-            "img_width; output = 2 * translated - 1 (tanh)"
+            "img_width; with context_slices K > 0 the input is the slab of the slice and "
+            "its K neighbours on each side (2K + 1 channels, the end slice repeated past "
+            "the volume's ends) and the translation is the output's middle channel; "
+            "output = 2 * translated - 1 (tanh)"
         ),
         "epoch": epoch,
         "keras_version": keras.__version__,

@@ -74,6 +74,9 @@ class TrainConfig:
     # fraction of a slice that must be head for the slice to be used.
     slice_axis: str = "axial"
     min_foreground: float = 0.05
+    # 2.5-D: each training example is a slice with this many neighbours on each side of
+    # it in its volume, as channels (volumes only). 0: single slices.
+    context_slices: int = 0
     # Devices: a tf.distribute strategy by name; None switches = on with a GPU, off without.
     strategy: str = "auto"
     mixed_precision: bool | None = None
@@ -82,6 +85,16 @@ class TrainConfig:
     @property
     def image_shape(self) -> tuple[int, int]:
         return (self.img_height, self.img_width)
+
+    @property
+    def channels(self) -> int:
+        """Slices in one example, the networks' channels in and out: 2K + 1."""
+        return stack_channels(self.context_slices)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One preprocessed example: (H, W) for a slice, (H, W, 2K + 1) for a slab."""
+        return self.image_shape + ((self.channels,) if self.context_slices else ())
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -116,6 +129,8 @@ class TrainConfig:
     def resolved_test_dirs(self) -> tuple[Path, Path] | None:
         """The paired test set to score during training: `--test_dir_t1/--test_dir_t2`,
         or the demo's when training on the demo data, or None."""
+        if self.context_slices:
+            return None  # 2-D test slices have no neighbours (main.py refuses them)
         if self.test_dir_t1 is not None and self.test_dir_t2 is not None:
             return (self.test_dir_t1, self.test_dir_t2)
         on_demo = (self.data_dir_t1, self.data_dir_t2) == (
@@ -145,6 +160,16 @@ DEMO_TEST_DIRS = (Path("dataset/Test/T1"), Path("dataset/Test/T2"))
 UNCERTAINTY_SEED = 0
 # How evaluate.py brings a T2 volume into its T1's space (`volume_evaluation`).
 REGISTRATIONS = ("none", "rigid", "affine")
+
+
+def stack_channels(context_slices: int) -> int:
+    """The slices of a slab with `context_slices` neighbours on each side: 2K + 1."""
+    return 2 * context_slices + 1
+
+
+def context_of(channels: int) -> int:
+    """The context K of a network taking `channels` = 2K + 1 slices."""
+    return (channels - 1) // 2
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -31,6 +31,7 @@ from files import atomic_path
 from preprocessing import (
     PREPROCESS_VERSION,
     Preprocessed,
+    context_problem,
     preprocess_file,
     preprocess_or_reason,
     start_worker,
@@ -96,6 +97,7 @@ def volume_params(config: TrainConfig) -> str:
     return (
         f"{preprocess_params(config)}|volume|axis={config.slice_axis}"
         f"|min_foreground={config.min_foreground!r}"
+        + (f"|context={config.context_slices}" if config.context_slices else "")
     )
 
 
@@ -178,10 +180,11 @@ class PreprocessCache:
         return entries
 
     def load(self, entry: ImageEntry) -> np.ndarray:
-        """The preprocessed slice of `entry`, (H, W) in [0, 1], from the cache or made now."""
+        """The preprocessed slice of `entry`, (H, W) in [0, 1] (with context slices its slab,
+        (H, W, 2K + 1)), from the cache or made now."""
         try:
             array = np.load(self.path_of(entry.cache_key), allow_pickle=False)
-            if array.shape == self.config.image_shape and array.dtype == np.float32:
+            if array.shape == self.config.sample_shape and array.dtype == np.float32:
                 with self._lock:
                     self.hits += 1
                 return array
@@ -280,8 +283,12 @@ def scan_data_dirs(
     volume's manifest lists its slices). The others are preprocessed once, all dirs
     together, in `workers` processes (see `PreprocessCache.make_all`); a bad file is
     reported with a warning naming it and the reason. Raises DataError for a dir with no
-    usable file.
+    usable file, or one of 2-D images when slabs with context slices are asked for.
     """
+    for data_dir in data_dirs:
+        problem = context_problem(data_dir, cache.config.context_slices)
+        if problem:
+            raise DataError(problem)
     # Per dir: each file with its cached entries, its content key, or why it is unusable.
     found: list[list[tuple[Path, tuple[ImageEntry, ...] | str]]] = []
     pending: dict[str, PendingFile] = {}
@@ -336,12 +343,14 @@ def scan_images(
 def preprocessed_dataset(
     entries: tuple[ImageEntry, ...], cache: PreprocessCache
 ) -> tf.data.Dataset:
-    """Preprocessed slices in [-1, 1], shape (H, W, 1), in entry order, cached in memory.
+    """Preprocessed slices in [-1, 1], shape (H, W, 1) (with context slices (H, W, 2K + 1)),
+    in entry order, cached in memory.
 
     The slices are read from the on-disk cache (`scan_data_dirs` made them); ANTs runs
     here only for an entry that went missing since.
     """
     height, width = cache.config.image_shape
+    channels = cache.config.channels
 
     def load(path: tf.Tensor, key: tf.Tensor, index: tf.Tensor) -> np.ndarray:
         slice_index = int(index.numpy())
@@ -350,12 +359,11 @@ def preprocessed_dataset(
             key.numpy().decode(),
             None if slice_index < 0 else slice_index,
         )
-        return cache.load(entry)
+        return cache.load(entry).reshape(height, width, channels)
 
     def load_tensor(path: tf.Tensor, key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
         image = tf.py_function(load, [path, key, index], tf.float32)
-        image = tf.ensure_shape(image, (height, width))
-        return image[..., tf.newaxis] * 2.0 - 1.0
+        return tf.ensure_shape(image, (height, width, channels)) * 2.0 - 1.0
 
     paths = [str(entry.path) for entry in entries]
     keys = [entry.key for entry in entries]
@@ -444,6 +452,8 @@ def make_training_data(
 def sample_images(
     entries: tuple[ImageEntry, ...], cache: PreprocessCache, count: int
 ) -> np.ndarray:
-    """The first `count` images of a domain, preprocessed, as (count, H, W, 1) in [-1, 1]."""
-    arrays = [cache.load(entry) for entry in entries[:count]]
-    return np.stack(arrays)[..., np.newaxis] * 2.0 - 1.0
+    """The first `count` images of a domain, preprocessed, as (count, H, W, 1) in [-1, 1]
+    (with context slices, (count, H, W, 2K + 1))."""
+    height, width = cache.config.image_shape
+    arrays = [cache.load(entry).reshape(height, width, -1) for entry in entries[:count]]
+    return np.stack(arrays) * 2.0 - 1.0

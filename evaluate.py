@@ -179,6 +179,13 @@ def check_paths(args: argparse.Namespace) -> None:
         )
     if (args.test_volumes_t1 is None) != (args.test_volumes_t2 is None):
         fail("--test_volumes_t1 and --test_volumes_t2 go together")
+    context = context_slices_of(args.checkpoint_dir.parent)
+    if context and (args.test_volumes_t1 is None or args.lesion_masks or args.uncertainty):
+        fail(
+            f"the model sees {context} neighbouring slice(s) on each side (--context_slices), "
+            "so it cannot translate 2-D test slices: score it on volumes alone, "
+            "--test_volumes_t1 DIR --test_volumes_t2 DIR (no --lesion_masks, --uncertainty)"
+        )
     for flag in (
         "checkpoint_dir",
         "test_dir_t1",
@@ -188,7 +195,7 @@ def check_paths(args: argparse.Namespace) -> None:
         "test_volumes_t2",
     ):
         path = getattr(args, flag)
-        if path is None:
+        if path is None or (context and flag.startswith("test_dir")):
             continue
         if not path.exists():
             fail(f"--{flag} {path} does not exist")
@@ -201,19 +208,20 @@ def check_paths(args: argparse.Namespace) -> None:
 def evaluate(args: argparse.Namespace) -> None:
     """The whole job; raises DataError for input it cannot use."""
     import evaluation
-    import plotting
     import reports
-    import uncertainty
     from checkpoints import restore_run
     from data_processing import PreprocessCache
     from errors import DataError
     from inference import run_generators
 
-    # The test files first: a mismatch is reported before the checkpoint is restored.
-    pairing = evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
-    mask_dir = args.lesion_masks or evaluation.sibling_mask_dir(args.test_dir_t1)
-    lesion_masks = evaluation.match_lesion_masks(mask_dir, pairing) if mask_dir else None
     run_dir = args.checkpoint_dir.parent
+    context = context_slices_of(run_dir)  # check_paths refused what it cannot score
+    # The test files first: a mismatch is reported before the checkpoint is restored.
+    pairing = None if context else evaluation.pair_files(args.test_dir_t1, args.test_dir_t2)
+    mask_dir = None
+    if pairing is not None:
+        mask_dir = args.lesion_masks or evaluation.sibling_mask_dir(args.test_dir_t1)
+    lesion_masks = evaluation.match_lesion_masks(mask_dir, pairing) if mask_dir else None
     restored = restore_run(args.checkpoint_dir)
     config = restored.config
     generators = run_generators(restored)
@@ -229,28 +237,25 @@ def evaluate(args: argparse.Namespace) -> None:
             )
     cache = PreprocessCache(args.cache_dir or config.cache_dir or run_dir / "cache", config)
     log.info(
-        "Evaluating %s (epoch %d, %dx%d) on %d pairs.",
+        "Evaluating %s (epoch %d, %dx%d%s)%s.",
         restored.checkpoint,
         restored.epoch,
         config.img_height,
         config.img_width,
-        len(pairing.pairs),
+        f", {context} context slices per side" if context else "",
+        f" on {len(pairing.pairs)} pairs" if pairing is not None else "",
     )
-    images = evaluation.load_pairs(pairing.pairs, cache)
-    if lesion_masks is not None:
-        log.info("Lesion masks: %s", mask_dir)
-        images = evaluation.load_lesion_masks(images, lesion_masks, pairing.pairs)
     references = evaluation.build_histogram_references(train_dirs["t1"], train_dirs["t2"], cache)
-    result = evaluation.evaluate_pairs(generators, images, references, batch_size=args.batch_size)
-    scores = None
-    if args.uncertainty:
-        log.info(
-            "Scoring the uncertainty maps (%d passes) and the cycle residual", args.uncertainty
-        )
-        scores = uncertainty.evaluate_maps(
-            generators, images, args.uncertainty, args.seed, batch_size=args.batch_size
-        )
     output_dir = args.output_dir or run_dir / "evaluation"
+    document = {
+        "checkpoint": restored.checkpoint,
+        "epoch": restored.epoch,
+        "image_size": [config.img_height, config.img_width],
+        "n4": config.n4,
+        "context_slices": context,
+        "histogram_reference_dirs": {name: str(folder) for name, folder in train_dirs.items()},
+    }
+    # The volumes first: their pairing is checked before any file is written.
     volumes = None
     if args.test_volumes_t1 is not None:
         import volume_evaluation
@@ -264,26 +269,57 @@ def evaluate(args: argparse.Namespace) -> None:
             histogram_references=references,
             batch_size=args.batch_size,
         )
+    written = []
+    if pairing is not None:
+        document, written = evaluate_slices(
+            args, generators, pairing, lesion_masks, mask_dir, references, cache, document
+        )
+    if volumes is not None:
+        document["volumes"] = volumes.document()
+        written += [volume_evaluation.CSV_NAME, volume_evaluation.FIGURE_NAME]
+        print(volumes.table())
+    reports.write_json(reports.json_safe(document), output_dir / "metrics.json")
+    written.append("metrics.json")
+    print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {output_dir}")
 
+
+def evaluate_slices(
+    args, generators, pairing, lesion_masks, mask_dir, references, cache, document
+) -> tuple[dict, list[str]]:
+    """Score the paired test slices (and their lesion masks and uncertainty maps when
+    asked); print the tables, write their files to the output dir. Returns metrics.json's
+    content so far and the names of the files written."""
+    import evaluation
+    import plotting
+    import reports
+    import uncertainty
+
+    output_dir = args.output_dir or args.checkpoint_dir.parent / "evaluation"
+    images = evaluation.load_pairs(pairing.pairs, cache)
+    if lesion_masks is not None:
+        log.info("Lesion masks: %s", mask_dir)
+        images = evaluation.load_lesion_masks(images, lesion_masks, pairing.pairs)
+    result = evaluation.evaluate_pairs(generators, images, references, batch_size=args.batch_size)
+    scores = None
+    if args.uncertainty:
+        log.info(
+            "Scoring the uncertainty maps (%d passes) and the cycle residual", args.uncertainty
+        )
+        scores = uncertainty.evaluate_maps(
+            generators, images, args.uncertainty, args.seed, batch_size=args.batch_size
+        )
     document = reports.metrics_document(
         result,
-        checkpoint=restored.checkpoint,
-        epoch=restored.epoch,
-        image_size=[config.img_height, config.img_width],
-        n4=config.n4,
+        **document,
         test_dirs={"t1": str(args.test_dir_t1), "t2": str(args.test_dir_t2)},
-        histogram_reference_dirs={name: str(folder) for name, folder in train_dirs.items()},
         unpaired=[str(path) for path in (*pairing.unpaired_t1, *pairing.unpaired_t2)],
         skipped=[f"{path}: {reason}" for path, reason in images.skipped],
         lesion_masks=str(mask_dir) if lesion_masks is not None else None,
     )
     if scores is not None:
         document["uncertainty"] = reports.uncertainty_document(scores)
-    if volumes is not None:
-        document["volumes"] = volumes.document()
-    written = ["metrics.csv", "metrics.json", "examples.png"]
+    written = ["metrics.csv", "examples.png"]
     reports.write_metrics_csv(result, output_dir / "metrics.csv")
-    reports.write_json(document, output_dir / "metrics.json")
     plotting.plot_examples(
         evaluation.example_rows(generators, images, result), output_dir / "examples.png"
     )
@@ -303,10 +339,18 @@ def evaluate(args: argparse.Namespace) -> None:
         )
         written += ["uncertainty_metrics.csv", "uncertainty.png"]
         print(reports.format_uncertainty_table(scores))
-    if volumes is not None:
-        written += [volume_evaluation.CSV_NAME, volume_evaluation.FIGURE_NAME]
-        print(volumes.table())
-    print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {output_dir}")
+    return document, written
+
+
+def context_slices_of(run_dir: Path) -> int:
+    """The `--context_slices` of the run in `run_dir` (its config.json; 0 if unreadable:
+    restoring the checkpoint then reports the problem)."""
+    from config import CONFIG_FILE_NAME, load_config
+
+    try:
+        return load_config(run_dir / CONFIG_FILE_NAME).context_slices
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> None:

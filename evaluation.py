@@ -38,11 +38,11 @@ from scipy import ndimage
 from skimage.exposure import match_histograms
 
 import metrics
-from data_processing import PreprocessCache
+from data_processing import PreprocessCache, scan_images
 from directions import DIRECTIONS
 from errors import DataError
-from inference import Generator, generators_of
-from preprocessing import foreground_mask, resample_to
+from inference import Generator, generators_of, middle_slice
+from preprocessing import foreground_mask, preprocessed_per, resample_to
 from scan_io import find_images, read_grayscale, read_image
 
 if TYPE_CHECKING:
@@ -291,15 +291,31 @@ def build_histogram_reference(
     """The pooled head histogram of a training folder: (HISTOGRAM_LEVELS,) quantiles in [0, 1].
 
     Up to `max_images` images, evenly spread over the sorted file list, preprocessed as in
-    training (through `cache`), their `head_mask` pixels pooled. Unreadable files are
-    skipped with a warning. Raises DataError if the folder gives no head pixel.
+    training (through `cache`), their `head_mask` pixels pooled. A folder of NIfTI volumes
+    (`preprocessing.preprocessed_per` "volume") gives its training slices instead, as
+    training made them (the middle slice of each slab of a 2.5-D run), from `cache`.
+    Unreadable files are skipped with a warning. Raises DataError if the folder gives no
+    head pixel.
     """
-    paths = find_images(Path(data_dir))
-    if len(paths) > max_images:
-        chosen = np.linspace(0, len(paths) - 1, max_images).round().astype(int)
-        paths = [paths[index] for index in chosen]
+    data_dir = Path(data_dir)
+    if preprocessed_per(data_dir, cache.config.slice_axis) == "volume":
+        entries = scan_images(data_dir, cache).entries
+        spread = np.linspace(0, len(entries) - 1, min(max_images, len(entries)))
+        height, width = cache.config.image_shape
+        items = [
+            middle_slice(cache.load(entries[index]).reshape(height, width, -1))
+            for index in spread.round().astype(int)
+        ]
+    else:
+        paths = find_images(data_dir)
+        if len(paths) > max_images:
+            chosen = np.linspace(0, len(paths) - 1, max_images).round().astype(int)
+            paths = [paths[index] for index in chosen]
+        # 2-D images are single slices, whatever the run's context.
+        slices = PreprocessCache(cache.cache_dir, replace(cache.config, context_slices=0))
+        items = _preprocess_all(paths, slices)
     pooled = []
-    for item in _preprocess_all(paths, cache):
+    for item in items:
         if isinstance(item, tuple):
             log.warning("warning: histogram reference: skipped %s: %s", *item)
         else:

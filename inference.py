@@ -3,6 +3,8 @@ batches. The one inference path of translation, evaluation and training's scorin
 
     generator = load_generator("output/export/t1_to_t2.keras")
     translated = generator.translate_unit(images)  # (N, H, W) in [0, 1] -> the same
+    # A 2.5-D generator (context_slices K > 0) takes slabs, (N, H, W, 2K + 1), and gives
+    # the translation of each middle slice, (N, H, W).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from checkpoints import (
     restore_run,
     training_preprocessed_per,
 )
-from config import default_of, image_size_problem
+from config import context_of, default_of, image_size_problem
 from directions import DIRECTIONS
 from errors import DataError, first_line
 from preprocessing import PREPROCESSED_PER, UPPER_PERCENTILE
@@ -39,7 +41,9 @@ DEFAULT_BATCH_SIZE = 8
 class Generator:
     """A trained generator and how its inputs were prepared in training.
 
-    model: (batch, img_height, img_width, 1) float32 in [-1, 1] -> the same shape, tanh.
+    model: (batch, img_height, img_width, C) float32 in [-1, 1] -> the same shape, tanh;
+    C = 1 for a slice, 2K + 1 for a slab of a slice and its K neighbours on each side
+    (`context_slices`: trained with `--context_slices K`, on volumes only).
     direction: "t1_to_t2", "t2_to_t1", or "" when unknown. n4: trained on N4-corrected
     slices (the preprocessing default for this generator). preprocessed_per: its training
     inputs were 2-D images preprocessed each on its own ("slice") or NIfTI volumes
@@ -64,11 +68,21 @@ class Generator:
     def image_shape(self) -> tuple[int, int]:
         return (int(self.model.input_shape[1]), int(self.model.input_shape[2]))
 
+    @property
+    def channels(self) -> int:
+        """Slices per input: 1, or 2K + 1 for a 2.5-D generator."""
+        return int(self.model.input_shape[3])
+
+    @property
+    def context_slices(self) -> int:
+        """K: the neighbours on each side of a slice that the generator sees (0: none)."""
+        return context_of(self.channels)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(batch, H, W, 1) in [-1, 1] -> the translated batch, same shape, in [-1, 1]."""
+        """(batch, H, W, C) in [-1, 1] -> the translated batch, same shape, in [-1, 1]."""
         if self._forward is None:
             height, width = self.image_shape
-            spec = tf.TensorSpec((None, height, width, 1), tf.float32)
+            spec = tf.TensorSpec((None, height, width, self.channels), tf.float32)
             # A free batch dimension: one trace serves every batch, the last one included.
             self._forward = tf.function(
                 lambda images: self.model(images, training=False),
@@ -83,31 +97,65 @@ class Generator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         forward: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
-        """(N, H, W) preprocessed images in [0, 1] -> float32 (N, H, W) translations in
-        [0, 1], in batches of `batch_size`. `forward` maps a (batch, H, W, 1) batch in
-        [-1, 1] to its translation in place of the generator's own pass (the stochastic
-        passes of `uncertainty`)."""
+        """(N, H, W) preprocessed images in [0, 1] (a 2.5-D generator: (N, H, W, C) slabs)
+        -> float32 (N, H, W) translations in [0, 1] (of each slab's middle slice), in
+        batches of `batch_size`. `forward` maps a (batch, H, W, C) batch in [-1, 1] to its
+        translation in place of the generator's own pass (the stochastic passes of
+        `uncertainty`)."""
+        return middle_slice(self.translate_slabs(images, batch_size, forward))
+
+    def translate_slabs(
+        self,
+        images: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        forward: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """`translate_unit`, every output channel kept: float32 (N, H, W, C) in [0, 1], the
+        translation of the whole slab (what the other direction's generator takes back)."""
         forward = forward or self
         height, width = self.image_shape
-        outputs = [np.empty((0, height, width, 1), np.float32)]
+        images = as_slabs(images)
+        if images.shape[3] != self.channels:
+            raise ValueError(
+                f"the generator takes {self.channels} slices per input, got {images.shape[3]}"
+            )
+        outputs = [np.empty((0, height, width, self.channels), np.float32)]
         outputs += [
-            forward(np.asarray(images[start : start + batch_size], np.float32)[..., None] * 2 - 1)
+            forward(images[start : start + batch_size] * 2 - 1)
             for start in range(0, len(images), batch_size)
         ]
-        unit = (np.concatenate(outputs)[..., 0] + 1.0) / 2.0
+        unit = (np.concatenate(outputs) + 1.0) / 2.0
         return np.clip(unit, 0.0, 1.0).astype(np.float32)
 
 
+def as_slabs(images: np.ndarray) -> np.ndarray:
+    """float32 (N, H, W, C) of images given as (N, H, W) slices or (N, H, W, C) slabs."""
+    images = np.asarray(images, np.float32)
+    return images[..., np.newaxis] if images.ndim == 3 else images
+
+
+def middle_slice(images: np.ndarray) -> np.ndarray:
+    """The middle slice of each slab: (..., H, W, 2K + 1) -> (..., H, W)."""
+    return images[..., images.shape[-1] // 2]
+
+
 def check_generator(model: keras.Model, what: str) -> None:
-    """Raise DataError unless `model` maps (batch, H, W, 1) to the same, H and W usable."""
+    """Raise DataError unless `model` maps (batch, H, W, C) to the same, H and W usable,
+    C = 1 (a slice) or odd (a slab of 2K + 1 slices)."""
     shapes = (model.input_shape, model.output_shape)
     image_shaped = all(
-        isinstance(shape, tuple) and len(shape) == 4 and shape[3] == 1 for shape in shapes
+        isinstance(shape, tuple) and len(shape) == 4 and isinstance(shape[3], int)
+        for shape in shapes
     )
-    if not image_shaped or shapes[0][1:3] != shapes[1][1:3] or None in shapes[0][1:3]:
+    if (
+        not image_shaped
+        or shapes[0][1:] != shapes[1][1:]
+        or None in shapes[0][1:3]
+        or shapes[0][3] % 2 == 0
+    ):
         raise DataError(
-            f"{what} takes {shapes[0]} and gives {shapes[1]}; "
-            "a generator maps (batch, H, W, 1) images to the same shape"
+            f"{what} takes {shapes[0]} and gives {shapes[1]}; a generator maps (batch, H, "
+            "W, 1) images, or slabs of an odd number of slices, to the same shape"
         )
     problem = image_size_problem(int(shapes[0][1]), int(shapes[0][2]))
     if problem:

@@ -27,6 +27,7 @@ from config import (
     unit_fraction,
 )
 from errors import DataError, RunFailed
+from preprocessing import context_problem
 from scan_io import data_dir_problem
 
 # Keep TensorFlow's C++ start-up chatter off the console unless the user asks for it.
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=unit_fraction,
     )
     add(
+        "context_slices",
+        "2.5-D, NIfTI training volumes only: the generators see each slice with its K "
+        "neighbours on each side (2K + 1 channels); 0: single slices",
+        type=non_negative_int,
+    )
+    add(
         "strategy",
         "tf.distribute strategy: auto (mirrored when more than one GPU is visible), default "
         "(one device), mirrored (all local GPUs), multiworker (machines listed in TF_CONFIG)",
@@ -216,6 +223,11 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error(problem)
     if (args.test_dir_t1 is None) != (args.test_dir_t2 is None):
         parser.error("--test_dir_t1 and --test_dir_t2 go together")
+    if args.context_slices and args.test_dir_t1 is not None:
+        parser.error(
+            "--test_dir_t1/--test_dir_t2 are 2-D slices, which a model with --context_slices "
+            "cannot translate; score it with evaluate.py --test_volumes_t1/--test_volumes_t2"
+        )
     if args.decay_epochs > args.epochs:
         parser.error(f"--decay_epochs {args.decay_epochs} is more than --epochs {args.epochs}")
     return TrainConfig(**vars(args))
@@ -264,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     if workers:
         fail(workers)
     for folder in (config.data_dir_t1, config.data_dir_t2):
-        problem = data_dir_problem(folder)
+        problem = data_dir_problem(folder) or context_problem(folder, config.context_slices)
         if problem:
             fail(problem)
 

@@ -3,8 +3,9 @@
 Two generators (`t1_to_t2`, `t2_to_t1`: the pix2pix U-Net or the paper's ResNet, chosen
 by name in `GENERATORS`) and two 70x70 PatchGAN discriminators (`t1_critic`,
 `t2_critic`), laid out as in the reference implementation (Isola et al. 2017, Zhu et
-al. 2017): one grayscale channel in and out, images in [-1, 1], instance normalization
-without affine parameters, and a history pool of generated images for the critics.
+al. 2017): one grayscale channel in and out (or a slab of 2K + 1 neighbouring slices
+as channels, see `CycleGan`), images in [-1, 1], instance normalization without affine
+parameters, and a history pool of generated images for the critics.
 """
 
 from __future__ import annotations
@@ -68,19 +69,25 @@ def upsample(x, filters: int, norm: bool = True, dropout: bool = False, method: 
 
 
 def unet_generator(
-    height: int, width: int, name: str, filters: int = 64, upsample_method: str = "transpose"
+    height: int,
+    width: int,
+    name: str,
+    filters: int = 64,
+    upsample_method: str = "transpose",
+    channels: int = 1,
 ) -> keras.Model:
-    """The pix2pix U-Net: (batch, height, width, 1) in [-1, 1] -> same shape, tanh.
+    """The pix2pix U-Net: (batch, height, width, channels) in [-1, 1] -> same shape, tanh.
 
     Depth follows the image size (8 levels at 256, 7 at 128); at 256x256 it is the
     reference `unet_256` (54.4 M parameters). The three innermost up blocks of the
     widest levels use dropout, as in pix2pix. `filters` is the first level's width (the
     reference's `ngf`); fewer make a small, fast model for tests. `upsample_method` is
-    `transpose` (the reference) or `resize` (see `upsampling_conv`).
+    `transpose` (the reference) or `resize` (see `upsampling_conv`). `channels`: 1 for a
+    slice, 2K + 1 for a slab of neighbouring slices (`--context_slices`).
     """
     levels = unet_levels(height, width)
     widths = [filters * min(2**level, MAX_FILTER_MULTIPLE) for level in range(levels)]
-    inputs = keras.Input((height, width, 1), name=f"{name}_input")
+    inputs = keras.Input((height, width, channels), name=f"{name}_input")
 
     skips = []
     x = inputs
@@ -97,7 +104,7 @@ def unet_generator(
         x = upsample(x, widths[level - 1], dropout=level in dropout_levels, method=upsample_method)
         x = layers.Concatenate()([skips.pop(), x])
     x = layers.ReLU()(x)
-    x = upsampling_conv(x, 1, 4, upsample_method)
+    x = upsampling_conv(x, channels, 4, upsample_method)
     outputs = layers.Activation("tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -127,15 +134,21 @@ def resnet_blocks(height: int, width: int) -> int:
 
 
 def resnet_generator(
-    height: int, width: int, name: str, filters: int = 64, upsample_method: str = "transpose"
+    height: int,
+    width: int,
+    name: str,
+    filters: int = 64,
+    upsample_method: str = "transpose",
+    channels: int = 1,
 ) -> keras.Model:
-    """The CycleGAN paper's ResNet generator: (batch, height, width, 1) in [-1, 1] -> same.
+    """The CycleGAN paper's ResNet generator: (batch, height, width, channels) in [-1, 1]
+    -> same.
 
     c7s1-64, d128, d256, 9 (or 6, see `resnet_blocks`) residual blocks of 256, u128, u64,
     c7s1-1 with tanh; reflection padding. At 256x256 it is the reference `resnet_9blocks`
     (11.37 M parameters with one channel in and out).
     """
-    inputs = keras.Input((height, width, 1), name=f"{name}_input")
+    inputs = keras.Input((height, width, channels), name=f"{name}_input")
     x = conv_norm_relu(ReflectionPadding2D(3)(inputs), filters, 7)
     for multiple in (2, 4):
         # Zero padding 1 on every side then a valid 3x3 stride-2 conv, as the reference.
@@ -145,7 +158,7 @@ def resnet_generator(
     for multiple in (2, 1):
         x = upsampling_conv(x, filters * multiple, 3, upsample_method)
         x = layers.ReLU()(InstanceNormalization()(x))
-    x = unpadded_conv(ReflectionPadding2D(3)(x), 1, 7)
+    x = unpadded_conv(ReflectionPadding2D(3)(x), channels, 7)
     outputs = layers.Activation("tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -154,13 +167,16 @@ def resnet_generator(
 GENERATORS = {"unet": unet_generator, "resnet": resnet_generator}
 
 
-def patchgan_discriminator(height: int, width: int, name: str, filters: int = 64) -> keras.Model:
+def patchgan_discriminator(
+    height: int, width: int, name: str, filters: int = 64, channels: int = 1
+) -> keras.Model:
     """The 70x70 PatchGAN (C64-C128-C256-C512): one logit per overlapping 70x70 patch.
 
-    (batch, height, width, 1) in [-1, 1] -> (batch, height/8 - 2, width/8 - 2, 1) logits.
-    `filters` is the first layer's width (the reference's `ndf`).
+    (batch, height, width, channels) in [-1, 1] -> (batch, height/8 - 2, width/8 - 2, 1)
+    logits. `filters` is the first layer's width (the reference's `ndf`); a slab of
+    `channels` slices is judged whole, so a fake must look right across its slices too.
     """
-    inputs = keras.Input((height, width, 1), name=f"{name}_input")
+    inputs = keras.Input((height, width, channels), name=f"{name}_input")
     x = inputs
     for index in range(3):
         x = strided_conv(x, filters * 2**index)
@@ -188,6 +204,12 @@ class CycleGan(keras.Model):
     `train_step` takes a (t1_batch, t2_batch) pair, each (batch, H, W, 1) in [-1, 1],
     and updates the generators and the critics with one optimizer each, as the
     reference does (Adam is per weight, so one optimizer over both networks is two).
+
+    With `channels` = 2K + 1 (2.5-D, `--context_slices K`) an example is a slab of 2K + 1
+    neighbouring slices, and every term is the same CycleGAN's over slabs: each generator
+    maps a slab to a slab, the critics judge whole slabs, and the cycle and identity L1
+    are over every slice of the slab. Translation keeps the middle slice of each output
+    slab (`inference.Generator`).
     """
 
     def __init__(
@@ -203,21 +225,30 @@ class CycleGan(keras.Model):
         generator: str = "unet",
         upsample: str = "transpose",
         pool_size: int = 0,
+        channels: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         make_generator = GENERATORS[generator]
-        self.t1_to_t2 = make_generator(height, width, "t1_to_t2", generator_filters, upsample)
-        self.t2_to_t1 = make_generator(height, width, "t2_to_t1", generator_filters, upsample)
-        self.t1_critic = patchgan_discriminator(height, width, "t1_critic", critic_filters)
-        self.t2_critic = patchgan_discriminator(height, width, "t2_critic", critic_filters)
+        self.t1_to_t2 = make_generator(
+            height, width, "t1_to_t2", generator_filters, upsample, channels
+        )
+        self.t2_to_t1 = make_generator(
+            height, width, "t2_to_t1", generator_filters, upsample, channels
+        )
+        self.t1_critic = patchgan_discriminator(
+            height, width, "t1_critic", critic_filters, channels
+        )
+        self.t2_critic = patchgan_discriminator(
+            height, width, "t2_critic", critic_filters, channels
+        )
         self.adversarial = loss.ADVERSARIAL_LOSSES[gan_loss]
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = lambda_identity
         self.lambda_structure = lambda_structure
         self.pools = (
             {
-                domain: HistoryPool(pool_size, (height, width, 1), f"{domain}_pool")
+                domain: HistoryPool(pool_size, (height, width, channels), f"{domain}_pool")
                 for domain in ("t1", "t2")
             }
             if pool_size
@@ -428,4 +459,5 @@ def make_cyclegan(config: TrainConfig) -> CycleGan:
         generator=config.generator,
         upsample=config.upsample,
         pool_size=config.pool_size,
+        channels=config.channels,
     )

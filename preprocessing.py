@@ -46,8 +46,10 @@ PREPROCESSED_PER = ("slice", "volume")
 class Preprocessed:
     """The training slices of one file, and how much ANTs work making them took.
 
-    slices: float32 (count, height, width) in [0, 1]. indices: for a volume, the position
-    of each slice in `volumes.generator_view` of the volume; (0,) for an image.
+    slices: float32 (count, height, width) in [0, 1], or (count, height, width, 2K + 1)
+    slabs when made with K context slices (the slice in the middle channel).
+    indices: for a volume, the position of each slice in `volumes.generator_view` of the
+    volume; (0,) for an image.
     n4_calls: how many times N4 ran (0 or 1: a volume is corrected in one 3-D call).
     """
 
@@ -156,8 +158,10 @@ def preprocess_volume(
     n4: bool = True,
     slice_axis: str = "axial",
     min_foreground: float = 0.05,
+    context_slices: int = 0,
 ) -> Preprocessed:
-    """A 3-D volume's training slices: float32 (count, height, width) in [0, 1].
+    """A 3-D volume's training slices: float32 (count, height, width) in [0, 1], or with
+    `context_slices` K > 0 each slice's slab (count, height, width, 2K + 1) (`slabs`).
 
     One 3-D N4 call over the whole volume (its foreground as the mask, its voxel size as
     the spacing), normalization over the whole volume (minimum -> 0, 99.5th percentile of
@@ -177,8 +181,35 @@ def preprocess_volume(
     n4_calls = int(n4 and mask.sum() >= MIN_N4_FOREGROUND)
     unit = unit_volume(data, image.header.get_zooms()[:3], n4)
     view = generator_view(unit, image.affine, slice_axis)
+    if context_slices:
+        return Preprocessed(slabs(view, chosen, context_slices, height, width), chosen, n4_calls)
     slices = np.stack([resample_to(view[index], height, width) for index in chosen])
     return Preprocessed(slices, chosen, n4_calls)
+
+
+def slab_indices(index: int, context_slices: int, count: int) -> list[int]:
+    """The slices of the slab around slice `index` of a stack of `count`: its K
+    neighbours on each side, in order; past either end of the stack the end slice repeats
+    (as reflection-free padding: the head does not continue beyond the scan)."""
+    return [
+        min(max(index + step, 0), count - 1) for step in range(-context_slices, context_slices + 1)
+    ]
+
+
+def slabs(
+    view: np.ndarray, chosen: Sequence[int], context_slices: int, height: int, width: int
+) -> np.ndarray:
+    """float32 (len(chosen), height, width, 2K + 1): for each chosen slice of `view`
+    ((slices, rows, columns) in [0, 1]), its slab (`slab_indices`), each slice resampled to
+    height x width once however many slabs it is in."""
+    needed = sorted({i for index in chosen for i in slab_indices(index, context_slices, len(view))})
+    resampled = {i: resample_to(view[i], height, width) for i in needed}
+    return np.stack(
+        [
+            np.stack([resampled[i] for i in slab_indices(index, context_slices, len(view))], -1)
+            for index in chosen
+        ]
+    )
 
 
 def unit_volume(data: np.ndarray, spacing: Sequence[float], n4: bool) -> np.ndarray:
@@ -211,8 +242,29 @@ def preprocess_file(path: Path, config: TrainConfig) -> Preprocessed:
             n4=config.n4,
             slice_axis=config.slice_axis,
             min_foreground=config.min_foreground,
+            context_slices=config.context_slices,
         )
+    if config.context_slices:
+        raise ValueError("a 2-D image has no neighbouring slices (--context_slices)")
     return preprocess_image(read_grayscale(path), height, width, config.n4)
+
+
+def context_problem(data_dir: Path, context_slices: int) -> str | None:
+    """Why `data_dir` cannot give slabs of `context_slices` neighbours per side, or None:
+    it holds 2-D images, which have no neighbouring slices (with K = 0, never)."""
+    if not context_slices:
+        return None
+    try:
+        images = [path for path in find_images(data_dir, volumes=True) if not is_nifti(path)]
+    except DataError:
+        return None  # reported by the data dir checks
+    if not images:
+        return None
+    return (
+        f"--context_slices {context_slices} needs NIfTI volumes, but data dir {data_dir} "
+        f"holds {len(images)} 2-D image{'s' * (len(images) > 1)} (e.g. {images[0].name}), "
+        "which have no neighbouring slices"
+    )
 
 
 def preprocessed_per(data_dir: Path, slice_axis: str = "axial") -> str | None:

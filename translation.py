@@ -98,6 +98,7 @@ def slice_maps(
 ) -> dict[str, list[np.ndarray]]:
     """`translate_slices` with every map of `maker`: {map name: one array per slice}."""
     generator = maker.generator
+    check_takes_slices(generator)
     n4 = generator.n4 if n4 is None else n4
     height, width = generator.image_shape
     maps: dict[str, list[np.ndarray]] = {name: [] for name in maker.names}
@@ -113,6 +114,17 @@ def slice_maps(
         if on_batch is not None:
             on_batch(len(chunk))
     return maps
+
+
+def check_takes_slices(generator: Generator) -> None:
+    """Raise DataError if `generator` needs neighbouring slices (2.5-D), which a 2-D image
+    or a slice preprocessed on its own does not have."""
+    if generator.context_slices:
+        raise DataError(
+            f"model {generator.model.name} sees {generator.context_slices} neighbouring "
+            "slice(s) on each side (--context_slices): it translates whole volumes (NIfTI, "
+            "DICOM) preprocessed per volume, not 2-D images or single slices"
+        )
 
 
 def translate_batch(
@@ -174,10 +186,10 @@ def uncertainty_maps(
 ) -> TranslationMaps:
     """The `TranslationMaps` of a translate call's keyword arguments."""
     back = as_generator(back_model) if back_model is not None else None
-    if back is not None and back.image_shape != generator.image_shape:
+    if back is not None and back.model.input_shape[1:] != generator.model.input_shape[1:]:
         raise DataError(
-            f"the back-translating generator takes {back.image_shape} images, the "
-            f"translating one {generator.image_shape}: they are not of one model"
+            f"the back-translating generator takes {back.model.input_shape[1:]} inputs, the "
+            f"translating one {generator.model.input_shape[1:]}: they are not of one model"
         )
     return TranslationMaps(generator, uncertainty, seed=seed, back=back, batch_size=batch_size)
 
@@ -260,6 +272,8 @@ def translate_volume_maps(
     generator = as_generator(model)
     maker = uncertainty_maps(generator, uncertainty, seed, back_model, batch_size)
     per = preprocessing_of(generator, preprocess_per)
+    if per == "slice":
+        check_takes_slices(generator)
     if axis is None:
         axis = generator.volume_axis
     n4 = generator.n4 if n4 is None else n4
@@ -272,7 +286,9 @@ def translate_volume_maps(
     started = time.perf_counter()
     whole = None
     if per == "volume" and len(chosen):
-        whole = preprocess_whole_volume(image, data, generator.image_shape, axis, n4)
+        whole = preprocess_whole_volume(
+            image, data, generator.image_shape, axis, n4, generator.context_slices
+        )
         chosen = np.asarray(whole.indices)
     bar = keras.utils.Progbar(len(chosen), unit_name="slice") if progress and len(chosen) else None
     on_batch = bar.add if bar is not None else None
@@ -323,6 +339,8 @@ def preprocessing_of(generator: Generator, preprocess_per: str | None = None) ->
                 f"preprocess_per must be one of {PREPROCESSED_PER} or None, got {preprocess_per!r}"
             )
         return preprocess_per
+    if generator.preprocessed_per is None and generator.context_slices:
+        return "volume"  # a 2.5-D model is trained on volumes only
     if generator.preprocessed_per is None:
         log.info(
             "The model does not record whether it was trained on volumes: preprocessing "
@@ -338,11 +356,13 @@ def preprocess_whole_volume(
     image_shape: tuple[int, int],
     axis: str | int,
     n4: bool,
+    context_slices: int = 0,
 ) -> Preprocessed:
     """The slices of `image` (voxels `data`) with under 1 % foreground left out, made as
     training makes those of a NIfTI volume (`preprocessing.preprocess_volume`): one N4
     and one normalization for the whole volume, then cut along `axis` and resampled to
-    `image_shape`. Raises DataError if the slices are too small to use."""
+    `image_shape`; with `context_slices` K, each slice's slab of 2K + 1. Raises DataError
+    if the slices are too small to use."""
     log.info("Preprocessing the whole volume (N4 %s), as in training", "on" if n4 else "off")
     try:
         return preprocess_volume(
@@ -351,6 +371,7 @@ def preprocess_whole_volume(
             n4=n4,
             slice_axis=axis,
             min_foreground=MIN_FOREGROUND_FRACTION,
+            context_slices=context_slices,
         )
     except ValueError as error:
         raise DataError(f"volume cannot be preprocessed as a whole: {error}") from error
@@ -409,6 +430,7 @@ def translate_image_files(
     name)`, by default `uncertainty.map_path` (a.png -> a_uncertainty.png).
     """
     generator = as_generator(model)
+    check_takes_slices(generator)
     maker = uncertainty_maps(generator, uncertainty, seed, back_model, batch_size)
     sources = {Path(path).resolve() for path in inputs}
     written: list[Path] = []

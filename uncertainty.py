@@ -36,7 +36,7 @@ import metrics
 from config import UNCERTAINTY_SEED
 from directions import DIRECTIONS, reverse_of
 from errors import DataError
-from inference import DEFAULT_BATCH_SIZE, Generator
+from inference import DEFAULT_BATCH_SIZE, Generator, as_slabs, middle_slice
 from volumes import NIFTI_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class KeptDropout(layers.Layer):
 
 def dropout_forward(model: keras.Model) -> Callable | None:
     """A forward pass of `model` with its Dropout layers kept on: a tf.function of
-    (batch, H, W, 1) images in [-1, 1] and the pass's seed, (2,) int64, giving the
+    (batch, H, W, C) images in [-1, 1] and the pass's seed, (2,) int64, giving the
     translated batch; None if the model has no Dropout layer.
 
     The model is cloned sharing every layer and weight but its Dropout layers, which
@@ -109,11 +109,10 @@ def dropout_forward(model: keras.Model) -> Callable | None:
         return layer
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
-    height, width = model.input_shape[1:3]
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec((None, height, width, 1), tf.float32),
+            tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),
             tf.TensorSpec((2,), tf.int64),
         ],
         autograph=False,
@@ -187,7 +186,8 @@ class StochasticPasses:
         ).numpy()
 
     def __call__(self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """(N, H, W) preprocessed images in [0, 1] -> float32 (passes, N, H, W) in [0, 1]."""
+        """(N, H, W) preprocessed images in [0, 1] (a 2.5-D generator: (N, H, W, C) slabs)
+        -> float32 (passes, N, H, W) in [0, 1]."""
         images = np.asarray(images, np.float32)
         outputs = []
         for index in range(self.passes):
@@ -233,21 +233,24 @@ class TranslationMaps:
         return ("translation", *(name for name in MAP_NAMES if wanted[name]))
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, H, W) preprocessed images in [0, 1] -> {name in `names`: float32 (N, H, W)}.
+        """(N, H, W) preprocessed images in [0, 1] (a 2.5-D generator: (N, H, W, C) slabs)
+        -> {name in `names`: float32 (N, H, W)}.
 
         "translation": the generator's deterministic pass, in [0, 1]; "mean", "uncertainty":
         mean and standard deviation of the stochastic passes; "cycle_residual":
-        |back(translation) - images|. All in [0, 1] units.
+        |back(translation) - images| (a 2.5-D generator's whole output slab goes back, as
+        in training's cycle). All in [0, 1] units; of the middle slice of a slab.
         """
-        translation = self.generator.translate_unit(images, self.batch_size)
+        slabs = self.generator.translate_slabs(images, self.batch_size)
+        translation = middle_slice(slabs)
         maps = {"translation": translation}
         if self.sampler is not None:
             samples = self.sampler(images, self.batch_size)
             maps["mean"] = samples.mean(axis=0)
             maps["uncertainty"] = samples.std(axis=0)
         if self.back is not None:
-            back = self.back.translate_unit(translation, self.batch_size)
-            maps["cycle_residual"] = np.abs(back - np.asarray(images, np.float32))
+            back = self.back.translate_unit(slabs, self.batch_size)
+            maps["cycle_residual"] = np.abs(back - middle_slice(as_slabs(images)))
         return maps
 
 

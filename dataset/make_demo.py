@@ -809,8 +809,9 @@ def _clear_previous_output(output_dir: Path) -> None:
     for folder in _folders(output_dir).values():
         for old in folder.glob("sub-*_z*.png"):
             old.unlink()
-    for old in (output_dir / "Test" / "volumes").glob("sub-*_T[12]w.nii.gz"):
-        old.unlink()
+    for folder in (output_dir / "Test" / "volumes", *_folders(output_dir).values()):
+        for old in folder.glob("sub-*_T[12]w.nii.gz"):
+            old.unlink()
     for old in (output_dir / OBLIQUE_DIR).glob("sub-*_T2w.nii.gz"):
         old.unlink()
 
@@ -930,6 +931,7 @@ def make_demo(
     n_lesion_subjects: int = 3,
     lesion_slices_per_subject: int = 8,
     first_lesion_subject: int | None = None,
+    train_volumes: bool = False,
 ) -> DemoManifest:
     """Generate the demo dataset into output_dir and return what was written.
 
@@ -944,6 +946,10 @@ def make_demo(
     Test/lesions/; they are numbered from `first_lesion_subject`, by default
     FIRST_LESION_SUBJECT or the number after the last other subject if that is higher.
     `noise_free` leaves out the noise, nothing else: the same slices, TR/TE and bias.
+    `train_volumes` writes each training subject as one NIfTI volume of the whole slab
+    (`sub-XX_T1w.nii.gz` in the training folder, cropped to the head as the test volume
+    is) instead of its PNG slices: training data with neighbouring slices, for
+    `main.py --context_slices`.
     Slices are size x size 8-bit PNGs over a 256 mm field of view.  The defaults
     reproduce the committed dataset byte for byte.
     """
@@ -999,6 +1005,10 @@ def make_demo(
             continue
         z_kept = choose_slices(seed, number, template.slice_range, n_slices)
         as_volume = write_volume and split == "test" and number == test_subjects[0]
+        if train_volumes and split == "train":
+            # The same subject and scan as its slices, over the whole slab, as one volume.
+            z_kept = ()
+            as_volume = True
         # The volume subject is simulated over the whole slab the slices come from.
         low, high = template.slice_range
         z_simulated = tuple(range(low, high + 1)) if as_volume else z_kept
@@ -1022,10 +1032,13 @@ def make_demo(
             volume_dir = output_dir / "Test" / "volumes"
             volume_dir.mkdir(parents=True, exist_ok=True)
             for contrast in contrasts:
-                path = volume_dir / f"{subject.name}_{contrast}.nii.gz"
+                folder = folders[(split, contrast)] if split == "train" else volume_dir
+                path = folder / f"{subject.name}_{contrast}.nii.gz"
                 description = f"mri-gan simulated {contrast} from MNI ICBM152 2009, not a patient"
                 write_nifti_gz(path, images[contrast][box_x, box_y], affine, description)
                 volumes.append(path)
+            if split == "train":
+                continue
             volume, affine, record = scan_oblique_t2(template, subject, size, seed, noise_free)
             acquisitions.append(replace(record, contrast="T2w (second scan)"))
             path = output_dir / OBLIQUE_DIR / f"{subject.name}_T2w.nii.gz"
@@ -1087,6 +1100,11 @@ def parse_args(argv: SequenceABC[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the NIfTI volumes of the first test subject",
     )
+    parser.add_argument(
+        "--train_volumes",
+        action="store_true",
+        help="write each training subject as one NIfTI volume instead of PNG slices",
+    )
     return parser.parse_args(argv)
 
 
@@ -1109,6 +1127,7 @@ def main(argv: SequenceABC[str] | None = None) -> int:
         n_lesion_subjects=args.n_lesion_subjects,
         lesion_slices_per_subject=args.lesion_slices_per_subject,
         first_lesion_subject=args.first_lesion_subject,
+        train_volumes=args.train_volumes,
     )
     for scan in manifest.acquisitions:
         print(

@@ -6,7 +6,6 @@ the third voxel axis, the other 4 slices empty.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import data_processing as dp
 import preprocessing
 import volumes
 from config import TrainConfig
-from tests.conftest import tiny_run_args, train_in_process, write_png_folder
+from tests.conftest import write_png_folder
 
 SHAPE = (40, 48, 12)
 HEAD_SLICES = tuple(range(2, 10))
@@ -192,23 +191,6 @@ def test_training_data_mixes_volumes_and_images(tmp_path, caplog):
     logged = caplog.text
     assert "T1: 10 images used (8 slices of 1 volume), 0 skipped" in logged
     assert "T2: 8 images used (8 slices of 1 volume), 0 skipped" in logged
-
-
-def test_training_on_nifti_dirs_end_to_end(tmp_path):
-    t1, t2 = tmp_path / "t1", tmp_path / "t2"
-    write_volume(t1 / "sub-01_T1w.nii.gz", head_volume(1))
-    write_volume(t2 / "sub-02_T2w.nii.gz", head_volume(2, brightness=300))
-
-    # N4 is covered above; without it this run is quick.
-    result = train_in_process(*tiny_run_args(t1, t2, tmp_path / "out"), "--epochs", "1")
-
-    assert result.returncode == 0, result.stderr
-    assert "T1: 8 images used (8 slices of 1 volume), 0 skipped" in result.stderr
-    assert (tmp_path / "out" / "export" / "t1_to_t2.keras").is_file()
-    assert len(list((tmp_path / "out" / "cache").glob("*.json"))) == 2
-    # Translation will preprocess volumes for it as training did.
-    info = json.loads((tmp_path / "out" / "export" / "model.json").read_text())
-    assert {entry["preprocessed_per"] for entry in info["generators"].values()} == {"volume"}
 
 
 @pytest.mark.parametrize(

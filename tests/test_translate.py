@@ -649,13 +649,13 @@ def volume_run(run, tmp_path_factory) -> VolumeRun:
 def generator_inputs(monkeypatch) -> list[np.ndarray]:
     """The preprocessed (N, H, W) batches that every generator is given, as they come."""
     fed: list[np.ndarray] = []
-    translate_unit = inference.Generator.translate_unit
+    translate_slabs = inference.Generator.translate_slabs
 
-    def recording(self, images, batch_size=inference.DEFAULT_BATCH_SIZE):
+    def recording(self, images, batch_size=inference.DEFAULT_BATCH_SIZE, forward=None):
         fed.append(np.array(images))
-        return translate_unit(self, images, batch_size)
+        return translate_slabs(self, images, batch_size, forward)
 
-    monkeypatch.setattr(inference.Generator, "translate_unit", recording)
+    monkeypatch.setattr(inference.Generator, "translate_slabs", recording)
     return fed
 
 
