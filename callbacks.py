@@ -415,6 +415,11 @@ def training_callbacks(
             )
         ]
         columns = (*columns, *evaluation.SUMMARY_KEYS)
+    elif config.context_slices:
+        log.info(
+            "Not scored during training (2-D test slices have no neighbours): score it with "
+            "evaluate.py --test_volumes_t1/--test_volumes_t2."
+        )
     elif config.eval_every:
         log.info(
             "No paired test set: give --test_dir_t1/--test_dir_t2 to score the model "
