@@ -83,7 +83,7 @@ class RunCheckpoints:
             except (ValueError, AssertionError) as error:
                 raise DataError(
                     f"checkpoint {path} does not fit this configuration "
-                    f"(image size or options changed?): {first_line(error)}"
+                    f"(image size, networks or --context_slices changed?): {first_line(error)}"
                 ) from error
             except (tf.errors.OpError, IndexError) as error:
                 log.warning(
