@@ -452,8 +452,10 @@ def make_training_data(
 def sample_images(
     entries: tuple[ImageEntry, ...], cache: PreprocessCache, count: int
 ) -> np.ndarray:
-    """The first `count` images of a domain, preprocessed, as (count, H, W, 1) in [-1, 1]
-    (with context slices, (count, H, W, 2K + 1))."""
+    """`count` images of a domain spread evenly over its entries (so that a folder of
+    volumes shows slices of several levels, not the first few neighbours), preprocessed,
+    as (count, H, W, 1) in [-1, 1] (with context slices, (count, H, W, 2K + 1))."""
     height, width = cache.config.image_shape
-    arrays = [cache.load(entry).reshape(height, width, -1) for entry in entries[:count]]
+    chosen = np.unique(np.linspace(0, len(entries) - 1, min(count, len(entries))).round())
+    arrays = [cache.load(entries[int(index)]).reshape(height, width, -1) for index in chosen]
     return np.stack(arrays) * 2.0 - 1.0

@@ -259,15 +259,17 @@ def test_fewer_images_than_the_batch_size_still_give_full_batches(tiny_dataset, 
     assert t1.shape[0] == 6
 
 
-def test_sample_images_are_the_first_files_preprocessed(tiny_dataset, tmp_path):
+def test_sample_images_are_spread_over_the_files_and_preprocessed(tiny_dataset, tmp_path):
     t1_dir, _ = tiny_dataset
     cache = dp.PreprocessCache(tmp_path / "cache", config_for(tmp_path))
     scan = dp.scan_images(t1_dir, cache)
 
     samples = dp.sample_images(scan.entries, cache, 2)
 
+    # The first and the last of the 4 files.
     expected = (
-        preprocessing.preprocess_slice(scan_io.read_grayscale(scan.entries[1].path), 32, 32) * 2 - 1
+        preprocessing.preprocess_slice(scan_io.read_grayscale(scan.entries[3].path), 32, 32) * 2 - 1
     )
     assert samples.shape == (2, 32, 32, 1)
     np.testing.assert_allclose(samples[1, ..., 0], expected, atol=1e-6)
+    assert dp.sample_images(scan.entries, cache, 9).shape == (4, 32, 32, 1)
