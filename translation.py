@@ -305,12 +305,15 @@ def translate_volume_maps(
         )
     seconds = time.perf_counter() - started
     log.info(
-        "Translated %d of %d slices (the other %d are background), preprocessed per %s%s, "
+        "Translated %d of %d slices (the other %d are background), preprocessed per %s%s%s, "
         "in %.1f s: %.2f slices/s",
         len(chosen),
         len(slices),
         len(slices) - len(chosen),
         per,
+        f", each with {generator.context_slices} neighbour(s) per side"
+        if generator.context_slices
+        else "",
         f", with {uncertainty} stochastic passes" if uncertainty else "",
         seconds,
         len(chosen) / seconds if seconds > 0 else 0.0,
