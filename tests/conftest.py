@@ -240,6 +240,7 @@ LONGEST_FIRST = (
     "test_main.py",
     "test_translate.py",
     "test_nifti_input.py",
+    "test_context_slices.py",
     "test_mri_gan.py",
     "test_evaluate.py",
     "test_uncertainty.py",
