@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,16 +32,13 @@ from preprocessing import (
     context_problem,
     preprocess_file,
     preprocess_or_reason,
-    start_worker,
+    worker_count,
+    worker_pool,
 )
 from scan_io import find_images
 from volumes import is_nifti
 
 log = logging.getLogger(__name__)
-
-# A worker process takes about 3 s to start (Python, nibabel, ANTsPy); below this much
-# input, a few seconds of preprocessing, one process is done before a pool has started.
-POOL_MIN_BYTES = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -203,13 +198,10 @@ class PreprocessCache:
     ) -> dict[str, tuple[ImageEntry, ...] | str]:
         """Preprocess `files` and cache them: each key's entries, or why it was skipped.
 
-        workers: processes to use; None for every core when there is enough work to pay
-        for starting them (POOL_MIN_BYTES). ANTs holds Python's lock while it runs, so
-        only processes, not threads, run it in parallel.
+        workers: processes to use; None: `preprocessing.worker_count` of the files' bytes.
         """
         if workers is None:
-            enough = sum(file.size for file in files) >= POOL_MIN_BYTES
-            workers = available_cores() if enough else 1
+            workers = worker_count(sum(file.size for file in files))
         workers = max(1, min(workers, len(files)))
         self.processes = workers if files else 0
         if files:
@@ -238,29 +230,18 @@ class PreprocessCache:
             np.save(stream, array, allow_pickle=False)
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
 def preprocess_in_parallel(
     files: Sequence[PendingFile], config: TrainConfig, workers: int
 ) -> Iterator[tuple[PendingFile, Preprocessed | str]]:
     """`preprocess_file` of each file as it finishes: its result, or why it is unusable.
 
-    With more than one worker, in a pool of fresh ('spawn') processes: this one has
-    TensorFlow's threads running, which a fork would copy in an unknown state; the
-    workers import `preprocessing` only, not TensorFlow, so they start in seconds. Each
-    worker gets an equal share of the cores for ITK's own threads, so that they do not
-    oversubscribe the machine.
+    With more than one worker, in a `preprocessing.worker_pool`.
     """
     if workers <= 1:
         for file in files:
             yield file, preprocess_or_reason(file.path, config)
         return
-    context = multiprocessing.get_context("spawn")
-    itk_threads = max(1, available_cores() // workers)
-    with ProcessPoolExecutor(workers, context, start_worker, (itk_threads,)) as pool:
+    with worker_pool(workers) as pool:
         futures = {pool.submit(preprocess_or_reason, file.path, config): file for file in files}
         try:
             for future in as_completed(futures):

@@ -12,9 +12,12 @@ No TensorFlow here, so the worker processes that run this in parallel start in s
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,11 @@ from volumes import generator_view, is_nifti, view_shape
 
 # Bump when preprocessing changes, so old cache entries are never reused.
 PREPROCESS_VERSION = 1
+# A worker process takes about 3 s to start (Python, nibabel, ANTsPy); below this much
+# input, a few seconds of preprocessing, one process is done before a pool has started.
+POOL_MIN_BYTES = 2_000_000
+# How many slices each worker process may be given before the first is taken back.
+SLICES_AHEAD_PER_WORKER = 4
 # N4 needs enough foreground to fit its B-spline bias field.
 MIN_N4_FOREGROUND = 64
 # Normalization maps this percentile of the foreground to 1 (`normalize_intensity`);
@@ -303,6 +311,72 @@ def preprocess_or_reason(path: Path, config: TrainConfig) -> Preprocessed | str:
         return preprocess_file(path, config)
     except ValueError as error:
         return str(error)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def worker_count(input_bytes: int) -> int:
+    """Processes worth starting for `input_bytes` of preprocessing: every core when there
+    is enough work to pay for starting them (POOL_MIN_BYTES), else 1.
+
+    ANTs holds Python's lock while it runs, so only processes, not threads, run it in
+    parallel.
+    """
+    return available_cores() if input_bytes >= POOL_MIN_BYTES else 1
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` fresh ('spawn') preprocessing processes.
+
+    Not forked: the parent may have TensorFlow's threads running, which a fork would copy
+    in an unknown state; the workers import this module only, not TensorFlow, so they
+    start in seconds. Each gets an equal share of the cores for ITK's own threads, so that
+    they do not oversubscribe the machine.
+    """
+    itk_threads = max(1, available_cores() // workers)
+    return ProcessPoolExecutor(
+        workers, multiprocessing.get_context("spawn"), start_worker, (itk_threads,)
+    )
+
+
+def preprocess_slices(
+    slices: Sequence[np.ndarray],
+    height: int,
+    width: int,
+    n4: bool = True,
+    workers: int | None = 1,
+) -> Iterator[np.ndarray]:
+    """`preprocess_slice` of each 2-D array, in order, as each is ready.
+
+    workers: processes (`worker_pool`) when above 1; None: `worker_count` of the input's
+    float32 bytes with N4 on, 1 without (then each slice takes milliseconds). A pool runs
+    only a few slices ahead of the consumer, so a large volume is not copied to the
+    workers all at once.
+    """
+    if workers is None:
+        input_bytes = sum(np.asarray(array).size * 4 for array in slices)
+        workers = worker_count(input_bytes) if n4 else 1
+    workers = max(1, min(workers, len(slices)))
+    if workers == 1:
+        for array in slices:
+            yield preprocess_slice(array, height, width, n4)
+        return
+    ahead: deque[Future] = deque()
+    with worker_pool(workers) as pool:
+        try:
+            for array in slices:
+                ahead.append(pool.submit(preprocess_slice, array, height, width, n4))
+                if len(ahead) >= SLICES_AHEAD_PER_WORKER * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        except BaseException:
+            # Ctrl-C, an error, or the consumer stopped: do not wait for the rest.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def start_worker(itk_threads: int) -> None:

@@ -453,6 +453,7 @@ def translate(args: argparse.Namespace, kind: str, target: Path) -> None:
             intensity=args.intensity,
             batch_size=args.batch_size,
             progress=progress,
+            workers=None,
         )
         translated = images.pop("translation")
         for path, image in zip((target, *map_paths), (translated, *images.values()), strict=True):

@@ -35,7 +35,7 @@ from preprocessing import (
     UPPER_PERCENTILE,
     Preprocessed,
     foreground_mask,
-    preprocess_slice,
+    preprocess_slices,
     preprocess_volume,
     resample_to,
 )
@@ -75,6 +75,7 @@ def translate_slices(
     n4: bool | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], object] | None = None,
+    workers: int | None = 1,
 ) -> list[np.ndarray]:
     """Translate 2-D slices of any size and intensity scale; each keeps its own size.
 
@@ -83,10 +84,12 @@ def translate_slices(
     of its foreground -> 1; resampled to the model size), translated in batches of
     `batch_size`, and resampled back (ANTsPy, linear). Returns float32 arrays of the
     input shapes, in [0, 1]. `on_batch(count)` is called after each batch, for progress
-    bars.
+    bars. workers: preprocessing processes (`preprocessing.preprocess_slices`; None:
+    every core when the slices are many and N4 is on). A pool of processes is spawned:
+    from a script, call this under `if __name__ == "__main__":`.
     """
     maker = TranslationMaps(as_generator(model), batch_size=batch_size)
-    return slice_maps(maker, slices, n4=n4, on_batch=on_batch)["translation"]
+    return slice_maps(maker, slices, n4=n4, on_batch=on_batch, workers=workers)["translation"]
 
 
 def slice_maps(
@@ -95,21 +98,21 @@ def slice_maps(
     *,
     n4: bool | None = None,
     on_batch: Callable[[int], object] | None = None,
+    workers: int | None = 1,
 ) -> dict[str, list[np.ndarray]]:
     """`translate_slices` with every map of `maker`: {map name: one array per slice}."""
     generator = maker.generator
     check_takes_slices(generator)
     n4 = generator.n4 if n4 is None else n4
-    height, width = generator.image_shape
+    arrays = [np.asarray(array, np.float32) for array in slices]
+    for array in arrays:
+        if array.ndim != 2:
+            raise ValueError(f"slices must be 2-D arrays, got shape {array.shape}")
+    units = preprocess_slices(arrays, *generator.image_shape, n4, workers)
     maps: dict[str, list[np.ndarray]] = {name: [] for name in maker.names}
-    for start in range(0, len(slices), maker.batch_size):
-        chunk = [
-            np.asarray(array, np.float32) for array in slices[start : start + maker.batch_size]
-        ]
-        for array in chunk:
-            if array.ndim != 2:
-                raise ValueError(f"slices must be 2-D arrays, got shape {array.shape}")
-        batch = np.stack([preprocess_slice(array, height, width, n4) for array in chunk])
+    for start in range(0, len(arrays), maker.batch_size):
+        chunk = arrays[start : start + maker.batch_size]
+        batch = np.stack([next(units) for _ in chunk])
         extend(maps, translate_batch(maker, batch, [array.shape for array in chunk]))
         if on_batch is not None:
             on_batch(len(chunk))
@@ -209,6 +212,7 @@ def translate_volume(
     intensity: str = "input",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    workers: int | None = 1,
 ) -> nib.Nifti1Image:
     """Translate a 3-D NIfTI image slice by slice; same shape, affine and header.
 
@@ -232,6 +236,9 @@ def translate_volume(
     intensity "input" maps [0, 1] to [minimum, 99.5th percentile of the foreground] of
     the whole input volume; "unit" keeps [0, 1]. Returns a float32 image of the input's
     class with its affine, qform/sform and zooms.
+
+    workers: processes for per-slice preprocessing (`translate_slices`; None: every core
+    when it pays); one 3-D N4 already uses every core.
     """
     return translate_volume_maps(
         model,
@@ -242,6 +249,7 @@ def translate_volume(
         intensity=intensity,
         batch_size=batch_size,
         progress=progress,
+        workers=workers,
     )["translation"]
 
 
@@ -258,6 +266,7 @@ def translate_volume_maps(
     intensity: str = "input",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    workers: int | None = 1,
 ) -> dict[str, nib.Nifti1Image]:
     """`translate_volume`, and maps beside it: {"translation": the same image, and the
     maps asked for}, each a float32 image with the input's geometry.
@@ -301,7 +310,7 @@ def translate_volume_maps(
                 on_batch(len(batch))
     else:
         translated = slice_maps(
-            maker, [slices[index] for index in chosen], n4=n4, on_batch=on_batch
+            maker, [slices[index] for index in chosen], n4=n4, on_batch=on_batch, workers=workers
         )
     seconds = time.perf_counter() - started
     log.info(

@@ -702,6 +702,7 @@ def _translate(
         n4=False if per == "volume" else n4,
         intensity="unit",
         batch_size=batch_size,
+        workers=None,
     )
     return np.asarray(translated.get_fdata(dtype=np.float32))
 

@@ -97,7 +97,13 @@ def main(argv: list[str] | None = None) -> dict:
         for n4 in (False, True):
             started = time.perf_counter()
             translation.translate_volume(
-                generator, volume, axis="axial", preprocess_per=per, n4=n4, batch_size=args.batch
+                generator,
+                volume,
+                axis="axial",
+                preprocess_per=per,
+                n4=n4,
+                batch_size=args.batch,
+                workers=None,  # as translate.py
             )
             seconds = time.perf_counter() - started
             name = "n4" if n4 else "no_n4"
