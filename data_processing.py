@@ -241,15 +241,11 @@ def preprocess_in_parallel(
         for file in files:
             yield file, preprocess_or_reason(file.path, config)
         return
+    # Leaving the pool's block (an error, Ctrl-C) cancels the files not yet started.
     with worker_pool(workers) as pool:
         futures = {pool.submit(preprocess_or_reason, file.path, config): file for file in files}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        except BaseException:
-            # Ctrl-C or an error: do not wait for the files not yet started.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def scan_data_dirs(

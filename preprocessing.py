@@ -11,15 +11,17 @@ No TensorFlow here, so the worker processes that run this in parallel start in s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -48,6 +50,8 @@ N4_GRID_SIDE = 64
 # own N4 and normalization) or a whole NIfTI volume ("volume": one 3-D N4 and one
 # normalization, then cut into slices). Translation repeats what the model was trained on.
 PREPROCESSED_PER = ("slice", "volume")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -315,7 +319,9 @@ def preprocess_or_reason(path: Path, config: TrainConfig) -> Preprocessed | str:
 
 def available_cores() -> int:
     """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def worker_count(input_bytes: int) -> int:
@@ -328,18 +334,55 @@ def worker_count(input_bytes: int) -> int:
     return available_cores() if input_bytes >= POOL_MIN_BYTES else 1
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` fresh ('spawn') preprocessing processes.
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` fresh ('spawn') preprocessing processes, for a `with` block.
 
     Not forked: the parent may have TensorFlow's threads running, which a fork would copy
-    in an unknown state; the workers import this module only, not TensorFlow, so they
-    start in seconds. Each gets an equal share of the cores for ITK's own threads, so that
+    in an unknown state. A worker imports this module and the caller's main module (a
+    script's `if __name__ == "__main__":` part does not run in it); the command-line
+    tools' main modules do not import TensorFlow at the top, so their workers start in
+    seconds. Each worker gets an equal share of the cores for ITK's own threads, so that
     they do not oversubscribe the machine.
+
+    Leaving the block cancels the tasks not yet started (after an error, Ctrl-C or a
+    consumer that stopped early) and waits for the running ones. A worker that dies (out
+    of memory, killed) is a DataError.
     """
     itk_threads = max(1, available_cores() // workers)
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         workers, multiprocessing.get_context("spawn"), start_worker, (itk_threads,)
     )
+    try:
+        yield pool
+    except BrokenExecutor as error:
+        raise DataError(
+            "a preprocessing worker process ended abruptly (out of memory, or killed)"
+        ) from error
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_order(
+    pool: Executor, function: Callable[..., T], arguments: Iterable[tuple], ahead: int
+) -> Iterator[T]:
+    """`function(*args)` of each of `arguments`, run in `pool`, yielded in order.
+
+    At most `ahead` calls are submitted and not yet yielded, so a long input is not all
+    handed to the workers at once. If the consumer stops early (closes the iterator) or a
+    call raises, the calls not yet started are cancelled.
+    """
+    pending: deque[Future[T]] = deque()
+    try:
+        for args in arguments:
+            pending.append(pool.submit(function, *args))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def preprocess_slices(
@@ -353,8 +396,9 @@ def preprocess_slices(
 
     workers: processes (`worker_pool`) when above 1; None: `worker_count` of the input's
     float32 bytes with N4 on, 1 without (then each slice takes milliseconds). A pool runs
-    only a few slices ahead of the consumer, so a large volume is not copied to the
-    workers all at once.
+    only SLICES_AHEAD_PER_WORKER slices a worker ahead of the consumer (`in_order`).
+    Close the iterator (`contextlib.closing`) if you may stop before its end, so the pool
+    is shut down at once.
     """
     if workers is None:
         input_bytes = sum(np.asarray(array).size * 4 for array in slices)
@@ -364,19 +408,9 @@ def preprocess_slices(
         for array in slices:
             yield preprocess_slice(array, height, width, n4)
         return
-    ahead: deque[Future] = deque()
+    arguments = ((array, height, width, n4) for array in slices)
     with worker_pool(workers) as pool:
-        try:
-            for array in slices:
-                ahead.append(pool.submit(preprocess_slice, array, height, width, n4))
-                if len(ahead) >= SLICES_AHEAD_PER_WORKER * workers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        except BaseException:
-            # Ctrl-C, an error, or the consumer stopped: do not wait for the rest.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        yield from in_order(pool, preprocess_slice, arguments, SLICES_AHEAD_PER_WORKER * workers)
 
 
 def start_worker(itk_threads: int) -> None:

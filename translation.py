@@ -18,6 +18,7 @@ of stochastic passes, and the cycle residual (`uncertainty`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -108,14 +109,17 @@ def slice_maps(
     for array in arrays:
         if array.ndim != 2:
             raise ValueError(f"slices must be 2-D arrays, got shape {array.shape}")
-    units = preprocess_slices(arrays, *generator.image_shape, n4, workers)
     maps: dict[str, list[np.ndarray]] = {name: [] for name in maker.names}
-    for start in range(0, len(arrays), maker.batch_size):
-        chunk = arrays[start : start + maker.batch_size]
-        batch = np.stack([next(units) for _ in chunk])
-        extend(maps, translate_batch(maker, batch, [array.shape for array in chunk]))
-        if on_batch is not None:
-            on_batch(len(chunk))
+    # Closed on the way out, so that a pool of workers stops at once on an error.
+    with contextlib.closing(
+        preprocess_slices(arrays, *generator.image_shape, n4, workers)
+    ) as units:
+        for start in range(0, len(arrays), maker.batch_size):
+            chunk = arrays[start : start + maker.batch_size]
+            batch = np.stack([next(units) for _ in chunk])
+            extend(maps, translate_batch(maker, batch, [array.shape for array in chunk]))
+            if on_batch is not None:
+                on_batch(len(chunk))
     return maps
 
 
@@ -238,7 +242,8 @@ def translate_volume(
     class with its affine, qform/sform and zooms.
 
     workers: processes for per-slice preprocessing (`translate_slices`; None: every core
-    when it pays); one 3-D N4 already uses every core.
+    when it pays); one 3-D N4 already uses every core. A pool of processes is spawned:
+    from a script, call this under `if __name__ == "__main__":`.
     """
     return translate_volume_maps(
         model,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import data_processing as dp
 import preprocessing
 import scan_io
 from config import TrainConfig
+from errors import DataError
 from tests.conftest import head_slice, write_png_folder
 
 
@@ -177,15 +181,24 @@ def test_preprocess_slice_of_a_constant_image_is_finite_zero(value):
     assert np.isfinite(out).all() and np.all(out == 0)
 
 
-def test_preprocess_slices_in_worker_processes_match_one_process_in_order():
+def test_preprocess_slices_in_worker_processes_match_one_process_in_order(monkeypatch):
     rng = np.random.default_rng(0)
     # Ten different heads, more than the pool takes ahead (4 a worker), so slices are
     # handed out while earlier ones come back.
     slices = [head_slice(48, 12 + index, 100 + 15 * index, rng) for index in range(10)]
-    assert preprocessing.worker_count(sum(array.size * 4 for array in slices)) == 1
+    pools = []
+    real_pool = preprocessing.worker_pool
+
+    def counted_pool(workers):
+        pools.append(workers)
+        return real_pool(workers)
+
+    monkeypatch.setattr(preprocessing, "worker_pool", counted_pool)
 
     serial = list(preprocessing.preprocess_slices(slices, 32, 32, n4=True, workers=1))
+    assert pools == []
     pooled = list(preprocessing.preprocess_slices(slices, 32, 32, n4=True, workers=2))
+    assert pools == [2]
 
     assert len(pooled) == len(slices)
     # The same slices in the same order; ITK's N4 differs in the fourth decimal with the
@@ -193,6 +206,33 @@ def test_preprocess_slices_in_worker_processes_match_one_process_in_order():
     np.testing.assert_allclose(np.stack(pooled), np.stack(serial), atol=2e-3)
     for index in range(1, len(slices)):
         assert np.abs(pooled[index] - serial[index - 1]).max() > 0.05
+
+
+def test_in_order_cancels_the_calls_not_started_when_the_consumer_stops():
+    ran = []
+    second_started, gate = threading.Event(), threading.Event()
+
+    def work(index):
+        if index > 0:
+            second_started.set()
+            gate.wait(10)
+        ran.append(index)
+        return index
+
+    with ThreadPoolExecutor(1) as pool:
+        results = preprocessing.in_order(pool, work, ((index,) for index in range(10)), 4)
+        assert next(results) == 0
+        assert second_started.wait(10)
+        # Calls 1 (running, held at the gate), 2 and 3 are out; the consumer stops.
+        results.close()
+        gate.set()
+    assert ran == [0, 1]
+
+
+def test_a_worker_process_that_dies_is_a_one_line_data_error():
+    with pytest.raises(DataError, match="worker process ended abruptly"):
+        with preprocessing.worker_pool(1) as pool:
+            pool.submit(os._exit, 1).result()
 
 
 # --- cache and scan --------------------------------------------------------------------
